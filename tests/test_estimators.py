@@ -1,0 +1,240 @@
+"""Estimators against closed forms, naive references and invariances."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import cKDTree
+from scipy.special import digamma
+
+from companion.errors import CompanionError
+from companion.estimators import (
+    ENTROPY_ESTIMATORS,
+    SIMILARITY_SCORES,
+    angular,
+    bucket,
+    cosine,
+    entropy_estimator,
+    knn,
+    renyi,
+)
+
+
+def randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# --- KNN -----------------------------------------------------------------------------------------
+
+
+def test_knn_gaussian_approaches_differential_entropy():
+    mix = torch.tensor([[1.0, 0.0, 0.0], [0.5, 1.5, 0.0], [-0.3, 0.4, 0.7]])
+    d = 3
+    true = 0.5 * math.log((2 * math.pi * math.e) ** d * torch.linalg.det(mix @ mix.T).item())
+    k = 10
+    estimate = knn(randn(4, 2000, d) @ mix.T, k=k).mean().item()
+    # log k in place of digamma(k) biases the estimate low by about log k − ψ(k) = 0.05 nats
+    assert estimate == pytest.approx(true - (math.log(k) - digamma(k)), abs=0.08)
+
+
+def test_knn_matches_kdtree_reference():
+    x = randn(3, 200, 5, seed=1)
+    k = 7
+    expected = []
+    for sample in x.double().numpy():
+        r_k = cKDTree(sample).query(sample, k=k + 1)[0][:, -1]  # column 0 is the point itself
+        n, d = sample.shape
+        expected.append(
+            d * np.mean(np.log(r_k + 1e-10))
+            + d / 2 * math.log(math.pi)
+            - math.lgamma(d / 2 + 1)
+            + math.log(n)
+            - math.log(k)
+        )
+    torch.testing.assert_close(knn(x, k=k), torch.tensor(expected, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("scale", [0.01, 3.0, 250.0])
+def test_knn_shifts_by_d_log_scale_and_ignores_translation(scale):
+    x = randn(2, 100, 8, seed=2)
+    base = knn(x, k=5)
+    torch.testing.assert_close(knn(scale * x + 40.0, k=5), base + 8 * math.log(scale), rtol=0, atol=2e-4)
+
+
+def test_knn_duplicate_points_stay_finite():
+    x = torch.zeros(1, 10, 2)
+    assert torch.isfinite(knn(x, k=3)).all()
+
+
+@pytest.mark.parametrize("k", [0, 10, 11])
+def test_knn_rejects_k_out_of_range(k):
+    with pytest.raises(ValueError):
+        knn(randn(1, 10, 2), k=k)
+
+
+# --- Bucket --------------------------------------------------------------------------------------
+
+
+def test_bucket_uniform_over_bins_is_d_log_bins():
+    bins, d, repeats = 20, 4, 3
+    centres = (torch.arange(bins) + 0.5) / bins
+    x = centres.repeat(repeats)[:, None].expand(-1, d)
+    x = torch.stack([x, 5 * x - 2])  # second sample: other range, same bins
+    torch.testing.assert_close(bucket(x, bins=bins), torch.full((2,), d * math.log(bins)))
+
+
+def test_bucket_extremes_land_in_first_and_last_bins():
+    x = torch.tensor([[[0.0], [1.0]]])  # the max must be clamped into the last bin, not a bin of its own
+    torch.testing.assert_close(bucket(x, bins=4), torch.tensor([math.log(2)]))
+
+
+def test_bucket_constant_dimension_contributes_zero():
+    x = randn(2, 50, 3, seed=3)
+    with_constant = torch.cat([x, torch.full((2, 50, 1), 7.0)], dim=2)
+    torch.testing.assert_close(bucket(with_constant), bucket(x))
+    assert (bucket(torch.full((2, 50, 3), -1.5)) == 0).all()
+
+
+def test_bucket_invariant_to_per_dimension_affine_maps():
+    x = randn(3, 64, 6, seed=4)
+    scale = torch.tensor([2.0, 0.5, -1.0, -3.0, 1e3, 0.25])  # negative scales flip the bin order
+    shift = torch.tensor([1.0, -4.0, 0.0, 10.0, -1e3, 3.0])
+    torch.testing.assert_close(bucket(x * scale + shift, bins=16), bucket(x, bins=16), rtol=0, atol=1e-4)
+
+
+def test_bucket_matches_numpy_histogram():
+    x = randn(3, 150, 7, seed=5)
+    bins = 12
+    expected = []
+    for sample in x.double().numpy():
+        total = 0.0
+        for column in sample.T:
+            p = np.histogram(column, bins=bins)[0] / len(column)
+            p = p[p > 0]
+            total -= np.sum(p * np.log(p))
+        expected.append(total)
+    torch.testing.assert_close(bucket(x, bins=bins), torch.tensor(expected, dtype=torch.float32))
+
+
+# --- Renyi ---------------------------------------------------------------------------------------
+
+
+def naive_renyi(sample: np.ndarray, alpha: float) -> float:
+    n = len(sample)
+    z = (sample - sample.mean(0)) / (sample.std(0, ddof=1) + 1e-10)
+    dist = np.array([[np.linalg.norm(z[i] - z[j]) for j in range(n)] for i in range(n)])
+    sigma = np.sort(dist.ravel())[(n * n - 1) // 2]  # torch.median: the lower of the two middle values
+    kernel = np.maximum(np.exp(-(dist**2) / (2 * sigma**2)), 1e-10)
+    return math.log(np.mean(kernel ** (alpha - 1))) / (1 - alpha)
+
+
+@pytest.mark.parametrize("alpha", [4.0, 2.0, 0.5])
+def test_renyi_matches_naive_reference(alpha):
+    x = randn(3, 40, 6, seed=6) * torch.tensor([1.0, 10.0, 0.1, 3.0, 1.0, 50.0])
+    expected = torch.tensor([naive_renyi(s, alpha) for s in x.double().numpy()], dtype=torch.float32)
+    torch.testing.assert_close(renyi(x, alpha=alpha), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_renyi_kernel_floor_matches_reference():
+    # a tight cluster and one far outlier: the outlier's kernel values fall below the 1e-10 floor
+    x = torch.cat([1e-3 * randn(1, 39, 1, seed=14), torch.ones(1, 1, 1)], dim=1)
+    expected = torch.tensor([naive_renyi(x[0].double().numpy(), 0.5)], dtype=torch.float32)
+    torch.testing.assert_close(renyi(x, alpha=0.5), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_renyi_invariant_to_per_dimension_affine_maps():
+    x = randn(2, 40, 4, seed=7)
+    scale, shift = torch.tensor([3.0, -0.2, 50.0, 1.0]), torch.tensor([1.0, 2.0, -3.0, 100.0])
+    torch.testing.assert_close(renyi(x * scale + shift), renyi(x), rtol=1e-4, atol=1e-4)
+
+
+def test_renyi_rejects_alpha_one():
+    with pytest.raises(ValueError):
+        renyi(randn(1, 10, 2), alpha=1.0)
+
+
+# --- Similarity scores ---------------------------------------------------------------------------
+
+
+def test_similarity_scores_at_extremes():
+    x = randn(2, 30, 16, seed=8)
+    torch.testing.assert_close(cosine(x, x), torch.zeros(2), atol=1e-6, rtol=0)
+    torch.testing.assert_close(cosine(x, -x), torch.full((2,), 2.0))
+    torch.testing.assert_close(angular(x, x), torch.zeros(2), atol=2e-3, rtol=0)  # arccos is steep at 1
+    torch.testing.assert_close(angular(x, -x), torch.ones(2), atol=2e-3, rtol=0)
+    torch.testing.assert_close(angular(x, 2 * x), torch.zeros(2), atol=2e-3, rtol=0)
+
+
+def test_similarity_scores_match_naive_reference():
+    x, y = randn(3, 20, 8, seed=9), randn(3, 20, 8, seed=10)
+    cos = np.array(
+        [
+            [np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b) for a, b in zip(xs, ys)]
+            for xs, ys in zip(x.numpy(), y.numpy())
+        ]
+    )
+    torch.testing.assert_close(cosine(x, y), torch.tensor(1 - cos.mean(1), dtype=torch.float32))
+    expected_angular = (np.arccos(cos) / np.pi).mean(1)
+    torch.testing.assert_close(angular(x, y), torch.tensor(expected_angular, dtype=torch.float32))
+
+
+def test_similarity_scores_reject_mismatched_shapes():
+    with pytest.raises(ValueError):
+        cosine(randn(1, 5, 4), randn(1, 6, 4))
+
+
+# --- Shared contract: batching, dtype, shape -----------------------------------------------------
+
+# similarity scores compare each sample with its own tokens reversed, so a mixed-up sample would show
+ALL = {**ENTROPY_ESTIMATORS, **{n: (lambda x, f=f: f(x, x.flip(1))) for n, f in SIMILARITY_SCORES.items()}}
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_batch_equals_samples_alone(name):
+    fn = ALL[name]
+    x = randn(4, 48, 12, seed=11) * torch.tensor([1.0, 5.0, 0.2, 30.0])[:, None, None]  # unlike samples
+    batched = fn(x)
+    assert batched.shape == (4,) and batched.dtype == torch.float32
+    alone = torch.cat([fn(x[i : i + 1]) for i in range(4)])
+    torch.testing.assert_close(batched, alone, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_half_precision_input_close_to_float32(name):
+    fn = ALL[name]
+    x = randn(3, 64, 16, seed=12)
+    reduced = fn(x.to(torch.bfloat16))
+    assert reduced.dtype == torch.float32
+    # same (bf16-rounded) points in float32: only the internal precision may differ
+    torch.testing.assert_close(reduced, fn(x.to(torch.bfloat16).float()))
+    torch.testing.assert_close(reduced, fn(x), rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(ENTROPY_ESTIMATORS))
+def test_entropy_estimators_reject_non_3d_input(name):
+    with pytest.raises(ValueError):
+        ENTROPY_ESTIMATORS[name](randn(64, 16))
+
+
+# --- Registry ------------------------------------------------------------------------------------
+
+
+def test_entropy_estimator_binds_parameters():
+    x = randn(2, 60, 5, seed=13)
+    torch.testing.assert_close(entropy_estimator("knn", k=10)(x), knn(x, k=10))
+    torch.testing.assert_close(entropy_estimator("bucket", bins=20)(x), bucket(x, bins=20))
+    torch.testing.assert_close(entropy_estimator("renyi", alpha=2.0)(x), renyi(x, alpha=2.0))
+    torch.testing.assert_close(entropy_estimator("knn")(x), knn(x, k=25))
+    assert not torch.allclose(entropy_estimator("knn", k=10)(x), knn(x))
+
+
+def test_entropy_estimator_unknown_name_lists_valid_names():
+    with pytest.raises(CompanionError, match="knn, bucket, renyi") as info:
+        entropy_estimator("cosine")
+    assert "\n" not in str(info.value)
+
+
+def test_entropy_estimator_rejects_unknown_parameter():
+    with pytest.raises(CompanionError, match="bins"):
+        entropy_estimator("knn", bins=20)

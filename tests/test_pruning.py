@@ -1,0 +1,140 @@
+"""Drop orders, and pruned models that compute what the dropped blocks' absence implies."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from companion import adapters
+from companion.errors import CompanionError
+from companion.models import load_model
+from companion.pruning import (DropOrder, Pruning, apply_pruning, compression_stage, count_parameters,
+                               decode_rank_string, drop_order, parse_protect, save_pruned)
+from conftest import make_tiny_model, make_tiny_tokenizer
+
+PAPER_RANKS = "29_30_28_27_26_23_25_24_21_22_18_17_19_20_16_15_14_13_10_2_3_12_7_5_8_0_6_9_4_1_11_31"
+
+
+def test_paper_rank_string_decodes_to_card_sets():
+    order = decode_rank_string(PAPER_RANKS)
+    assert sorted(order[:4]) == [19, 20, 25, 29]
+    assert sorted(order[:8]) == [19, 20, 22, 23, 25, 26, 28, 29]
+
+
+def test_rank_string_round_trip():
+    order = DropOrder("knn", "attn", order=[5, 2, 4, 3], protected=[0, 1], values=[0.0] * 6, num_layers=6)
+    assert order.rank_string() == "4_5_1_3_2_0"
+    assert decode_rank_string(order.rank_string()) == [5, 2, 4, 3, 0, 1]
+    assert order.drop_set(2) == [2, 5]
+    with pytest.raises(CompanionError, match="cannot drop 5 attn blocks: 4 of 6 are prunable"):
+        order.drop_set(5)
+
+
+def test_compression_stage_and_protect():
+    assert compression_stage([5.0, 4.0, 3.0, 3.5, 4.0, 6.0, 7.0]) == 2
+    assert compression_stage([1.0, 2.0, 3.0, 4.0, 5.0]) == 0
+    assert compression_stage([5.0, 4.0, 3.0, 2.0, 1.0]) == 2  # only the first half can be compression
+    assert parse_protect("first:2,last:1", 8) == [0, 1, 7]
+    assert parse_protect("0,3", 8) == [0, 3]
+    assert parse_protect("none", 8) == []
+    assert parse_protect("auto", 6, [3.0, 2.0, 1.0, 2.0, 3.0, 4.0, 5.0]) == [0, 1]
+    assert parse_protect("auto", 6, None) == []
+    for bad in ("first2", "9"):
+        with pytest.raises(CompanionError):
+            parse_protect(bad, 8)
+
+
+def _scores(values: dict[str, list[float]], profile: list[float]) -> dict:
+    blocks = [{"layer": i, "granularity": "attn", "method": m, "value": v}
+              for m, vs in values.items() for i, v in enumerate(vs)]
+    return {"num_layers": len(profile) - 1, "blocks": blocks, "profiles": {"knn": profile}}
+
+
+def test_drop_order_sorts_ascending_with_ties_by_index_and_protects():
+    scores = _scores({"knn": [-1.0, 0.5, 0.2, 0.2, 0.9], "cosine": [0.3, 0.1, 0.1, 0.5, 0.0]},
+                     profile=[3.0, 2.0, 2.5, 3.0, 3.5, 4.0])
+    knn = drop_order(scores, "knn", "attn")
+    assert knn.protected == [0]
+    assert knn.order == [2, 3, 1, 4]
+    assert drop_order(scores, "knn", "attn", "none").order == [0, 2, 3, 1, 4]
+    assert drop_order(scores, "cosine", "attn").order == [4, 1, 2, 0, 3]
+    with pytest.raises(CompanionError, match="method 'renyi' is not in the scores file"):
+        drop_order(scores, "renyi", "attn")
+    with pytest.raises(CompanionError, match="unknown granularity"):
+        drop_order(scores, "knn", "block")
+
+
+def _zero_contributions(model, granularity: str, layers: list[int]):
+    """Reference: the same model with the dropped sub-layers' output projections set to zero."""
+    reference = copy.deepcopy(model)
+    family = adapters.family_of(reference)
+    with torch.no_grad():
+        for i in layers:
+            layer = adapters.decoder_layers(reference)[i]
+            module = getattr(layer, family.attn if granularity == "attn" else family.mlp)
+            projection = module.o_proj if granularity == "attn" else module.down_proj
+            projection.weight.zero_()
+    return reference
+
+
+def _skip_layers(model, _granularity: str, layers: list[int]):
+    """Reference: the same model whose dropped decoder layers return their input unchanged."""
+    reference = copy.deepcopy(model)
+    for i in layers:
+        adapters.decoder_layers(reference)[i].forward = lambda hidden_states, *a, **k: hidden_states
+    return reference
+
+
+@pytest.mark.parametrize("granularity", ["attn", "mlp", "layer"])
+def test_pruned_logits_match_reference(family, granularity):
+    model = make_tiny_model(family)
+    dropped = [0, 2]
+    reference = (_skip_layers if granularity == "layer" else _zero_contributions)(model, granularity, dropped)
+    report = apply_pruning(model, Pruning(granularity, dropped))
+    assert report["params_after"] < report["params_before"] == count_parameters(reference)
+    ids = torch.randint(3, 96, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["attn", "layer"])
+def test_generate_with_cache_matches_no_cache(family, granularity):
+    model = make_tiny_model(family)
+    apply_pruning(model, Pruning(granularity, [0, 3]))
+    ids = torch.randint(3, 96, (1, 6))
+    with torch.no_grad():
+        cached = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+        uncached = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("granularity", ["attn", "mlp", "layer"])
+def test_save_and_reload_gives_identical_logits(tmp_path, granularity):
+    model = make_tiny_model("gemma3")
+    apply_pruning(model, Pruning(granularity, [1, 2]))
+    save_pruned(model, make_tiny_tokenizer(), tmp_path / "pruned")
+    ids = torch.randint(3, 96, (2, 7))
+    reloaded = load_model(str(tmp_path / "pruned"), device="cpu", dtype="float32")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = model(ids).logits
+        torch.testing.assert_close(reloaded.model(ids).logits, expected, rtol=0, atol=0)
+        torch.testing.assert_close(plain(ids).logits, expected, rtol=1e-6, atol=1e-6)
+    assert count_parameters(reloaded.model) == count_parameters(model)
+    assert reloaded.model.companion_pruning == Pruning(granularity, [1, 2])
+    if granularity == "layer":
+        assert plain.config.num_hidden_layers == 2
+        assert plain.config.layer_types == ["sliding_attention", "full_attention"]
+
+
+def test_bad_prunings():
+    model = make_tiny_model("llama")
+    with pytest.raises(CompanionError, match="cannot drop layer 7"):
+        apply_pruning(model, Pruning("attn", [7]))
+    with pytest.raises(CompanionError, match="cannot drop all 4 layers"):
+        apply_pruning(model, Pruning("layer", [0, 1, 2, 3]))
+    with pytest.raises(CompanionError, match="unknown granularity"):
+        Pruning("head", [0])
