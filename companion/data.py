@@ -122,7 +122,7 @@ def load_documents(source: str, split: str | None = None) -> Documents:
     else:
         if split not in LOCAL_SOURCES[source]:
             raise CompanionError(f"{source} has no local '{split}' split; available: {', '.join(LOCAL_SOURCES[source])}")
-        local = data_file(LOCAL_SOURCES[source][split], f"{source} ({split}) offline")
+        local = data_file(LOCAL_SOURCES[source][split], f"{source} ({split}): the Hugging Face Hub is unreachable")
         rows = _read_file(local)
         origin, where, digest = "local", str(local), sha256_file(local)
     texts = wikitext_articles(rows) if source == "wikitext2" else [t for t in rows if t.strip()]

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .adapters import family_of
 from .errors import CompanionError
+from .hub import hub_reachable
 from .io import atomic_write_json, sha256_file
 from .paths import cache_dir
 from .pruning import apply_pruning, read_manifest
@@ -137,11 +138,11 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
     target, source = _locate(spec)
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
-    kwargs = {"dtype": torch_dtype}
+    kwargs = {"dtype": torch_dtype, "local_files_only": source == "hub" and not hub_reachable()}
     if torch_device.type == "cuda":
         kwargs["device_map"] = "auto" if device == "auto" else {"": torch_device}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(target)
+        tokenizer = AutoTokenizer.from_pretrained(target, local_files_only=kwargs["local_files_only"])
         model = AutoModelForCausalLM.from_pretrained(target, **kwargs)
     except (OSError, ValueError) as exc:
         if source == "hub":

@@ -26,6 +26,8 @@ def data_dir(required: bool = True) -> Path | None:
 
 def data_file(relative: str, what: str) -> Path:
     """A file under the data directory, or a clear error naming the expected path."""
+    if not os.environ.get(DATA_ENV):
+        raise CompanionError(f"{what} and {DATA_ENV} is not set; set it to the folder that holds {relative}")
     root = data_dir()
     path = root / relative
     if not path.exists():

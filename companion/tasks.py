@@ -23,12 +23,14 @@ Task-name resolution (checked against lm-eval 0.4.13, ``lm_eval/tasks/_index.py`
 ``TaskManager`` indexes ``lm_eval/tasks`` first (when ``include_defaults=True``) and then each
 ``include_path`` folder; a name found again in a later folder *replaces* the earlier entry —
 tasks, groups and tags alike — and lm-eval logs one WARNING per name ("Task 'piqa' from <ours>
-overrides existing task from <stock>"). So the include_path copy wins deterministically, both in
-process and on the command line (``lm_eval --include_path DIR --tasks piqa`` builds
-``TaskManager(include_path=DIR)`` with the defaults included), and the results carry the stock
-names. In process, :func:`task_manager` builds ``TaskManager(include_path=DIR,
-include_defaults=False)``: only the offline configs are visible, so nothing can silently fall
-back to a Hub download, no override warnings are logged, and indexing is faster. Because an
+overrides existing task from <stock>"; 146 of them when all tasks here are written). So the
+include_path copy wins deterministically, both in process and on the command line
+(``lm_eval --include_path DIR --tasks piqa`` builds ``TaskManager(include_path=DIR)`` with the
+defaults included; checked with ``lm_eval run --model dummy --include_path DIR``, which reports
+``Task: piqa (DIR/piqa/piqa.yaml)``), and the results carry the stock names. In process,
+:func:`task_manager` builds ``TaskManager(include_path=DIR, include_defaults=False)``: only the
+offline configs are visible, so nothing can silently fall back to a Hub download, no override
+warnings are logged, and indexing is faster (under 1 s instead of about 10 s). Because an
 include_path tag replaces the stock tag of the same name wholesale, the offline configs drop the
 tags whose stock members are not all provided here (``multiple_choice``, ``super-glue-lm-eval-v1``,
 ``lambada``); with the defaults included those stock tags still resolve to the offline tasks.
@@ -321,8 +323,9 @@ _TASKS: dict[str, _Task] = {
 }
 
 _DIFFERENCES: dict[str, str] = {
-    "piqa": "None in the data: valid.jsonl + valid-labels.lst equal HF piqa validation field for field. "
-    "No train split: few-shot examples would come from validation (stock: train).",
+    "piqa": "None expected: valid.jsonl + valid-labels.lst equal HF piqa validation field for field (stock reads "
+    "baber/piqa, a re-upload of it; not compared here). No train split: few-shot examples would come from "
+    "validation (stock: train).",
     "hellaswag": "Rebuilt from klosax's derived text file (rowanz hellaswag_val.jsonl with activity_label, ctx "
     "and endings passed through its own tag stripper), not from Rowan/hellaswag. Same 10042 docs, order, "
     "labels and activity labels. ctx_a/ctx_b are inferred: WikiHow docs (the 6799 contexts that start with "
@@ -350,15 +353,18 @@ _DIFFERENCES: dict[str, str] = {
     "(questions in file order, all but the last shown with answers). Doc order is by file number; "
     "EleutherAI/race follows the RACE tarball order, so --limit subsets and sample indices differ, "
     "full-set scores do not.",
-    "mmlu": "Header-less hendrycks CSVs (57 subjects; test 14042, dev 285) converted to the cais/mmlu schema; "
-    "dev is the stock few-shot split, so few-shot runs match stock.",
-    "cmmlu": "GitHub CSVs at haonan-li/CMMLU HEAD (67 subjects; test 11582, dev 335), read as strings; the Hub "
-    "copy was packaged from a release zip, so counts agree but contents were not cross-checked. dev is the "
-    "stock few-shot split.",
-    "boolq": "question/passage/answer equal HF boolq validation; label = int(answer), idx = row number "
-    "(super_glue order). No train split: few-shot examples would come from validation.",
+    "mmlu": "Header-less hendrycks CSVs (57 subjects; test 14042, dev 285) converted to the cais/mmlu schema "
+    "(same source data; not byte-compared with cais/mmlu). dev is the stock few-shot split, so few-shot runs "
+    "use the stock examples.",
+    "cmmlu": "GitHub CSVs at haonan-li/CMMLU HEAD (67 subjects; test 11582, dev 335), read as strings (every "
+    "value equals what the Hub loader's pandas.read_csv yields, including the numeric dev options of "
+    "college_actuarial_science). The Hub copy was packaged from a release zip: counts agree, contents were "
+    "not cross-checked. dev is the stock few-shot split.",
+    "boolq": "Original Google dev format; question/passage/answer equal HF boolq validation. label = int(answer); "
+    "idx = row number (super_glue's idx, assuming it keeps the dev order; the prompt does not use it). "
+    "No train split: few-shot examples would come from validation.",
     "lambada_openai": "None expected: the OpenAI lambada_test.jsonl (sha256 equals the checksum old lm-eval "
-    "used), the file behind EleutherAI/lambada_openai 'default'.",
+    "used), which EleutherAI/lambada_openai 'default' re-hosts (not byte-compared here).",
 }
 
 
@@ -427,11 +433,12 @@ def _lm_eval_version() -> str:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
+    """The existing manifest (entries of tasks written earlier are kept), or an empty one."""
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {"tasks": {}}
-    return manifest if isinstance(manifest.get("tasks"), dict) else {"tasks": {}}
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("tasks"), dict) else {"tasks": {}}
 
 
 def _source_hash(path: Path) -> str:
@@ -475,17 +482,19 @@ def _write_task(out_dir: Path, folder: str, name: str, spec: _Task, splits: Spli
     _write_if_changed(out_dir / folder / stock_yaml.name, _yaml(config, note))
 
 
+class _StockLoader(yaml.SafeLoader):
+    """Safe YAML loading that keeps lm-eval's ``!function`` references as plain strings."""
+
+
+_StockLoader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
+
+
 def _stock_configs(folder: Path) -> list[tuple[Path, dict[str, Any]]]:
     """The stock YAMLs of a group folder, parsed without resolving ``!function`` or includes."""
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_constructor("!function", lambda loader, node: loader.construct_scalar(node))
     out = []
     for path in sorted(folder.glob("*.yaml")):
         with open(path, encoding="utf-8") as handle:
-            out.append((path, yaml.load(handle, Loader=Loader)))  # noqa: S506 (SafeLoader subclass)
+            out.append((path, yaml.load(handle, Loader=_StockLoader)))  # noqa: S506 (a SafeLoader subclass)
     return out
 
 

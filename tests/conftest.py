@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-import pytest
+_SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if _SHARED_DATA.is_dir():
+    os.environ.setdefault("COMPANION_DATA_DIR", str(_SHARED_DATA))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402  (the variables above must be set before transformers is imported)
 import torch
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 _COMMON = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
                num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
@@ -72,8 +76,11 @@ def tiny_checkpoint(tmp_path):
 
 
 @pytest.fixture(autouse=True)
-def isolated_cache(tmp_path, monkeypatch):
-    """Each test gets its own companion cache, except that the converted default model is shared."""
+def isolated_cache(request, tmp_path, monkeypatch):
+    """Each unit test gets its own companion cache; integration tests share the user's (converted model,
+    weight fingerprints)."""
+    if request.node.get_closest_marker("integration"):
+        return
     monkeypatch.setenv("COMPANION_CACHE_DIR", str(tmp_path / "cache"))
     shared = os.path.join(os.path.expanduser("~"), ".cache", "companion", "models")
     if os.path.isdir(shared):

@@ -7,6 +7,7 @@ import bz2
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -50,6 +51,19 @@ def _first_label(relative: str) -> str:
     return (DATA / relative).read_text(encoding="utf-8").split()[0]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _offline() -> Iterator[None]:
+    """Offline even when huggingface_hub/datasets were imported (e.g. by conftest) before the variables above."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        patch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+        patch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+        yield
+
+
 @pytest.fixture(scope="module")
 def config_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return T.write_task_configs(tmp_path_factory.mktemp("offline_tasks"))
@@ -60,8 +74,9 @@ def loaded(config_dir: Path) -> dict:
     return T.task_manager(config_dir).load(T.available_tasks())
 
 
-def _docs(loaded: dict, name: str) -> list:
-    return [task for task_name, task in loaded["tasks"].items() if task_name == name or task_name.startswith(name + "_")]
+def _leaf_tasks(loaded: dict, name: str) -> list:
+    """The task ``name`` itself, or the subtasks of group ``name``."""
+    return [task for key, task in loaded["tasks"].items() if key == name or key.startswith(name + "_")]
 
 
 def _render(task, doc: dict) -> tuple:
@@ -106,7 +121,7 @@ def test_task_manager_needs_written_configs(tmp_path: Path) -> None:
 @needs_data
 @pytest.mark.parametrize("name", sorted(COUNTS))
 def test_doc_counts(loaded: dict, name: str) -> None:
-    tasks = _docs(loaded, name)
+    tasks = _leaf_tasks(loaded, name)
     assert len(tasks) == SUBTASKS.get(name, 1)
     assert sum(len(task.eval_docs) for task in tasks) == COUNTS[name]
 
@@ -126,7 +141,9 @@ def test_piqa_first_doc(loaded: dict) -> None:
     raw = _jsonl_first("piqa/valid.jsonl")
     assert text == "Question: How do I ready a guinea pig cage for it's new occupants?\nAnswer:"
     assert choices == [raw["sol1"], raw["sol2"]]
-    assert choices[0].endswith("made of ripped paper strips, you will also need to supply it with a water bottle and a food dish.")
+    assert choices[0].endswith(
+        "ripped paper strips, you will also need to supply it with a water bottle and a food dish."
+    )
     assert gold == int(_first_label("piqa/valid-labels.lst")) == 0
 
 
@@ -231,7 +248,12 @@ def test_openbookqa_first_doc(loaded: dict) -> None:
     raw = _jsonl_first("openbookqa/test.jsonl")
     text, choices, gold = _render(task, task.eval_docs[0])
     assert text == raw["question"]["stem"]
-    assert choices == ["make more phone calls", "quit eating lunch out", "buy less with monopoly money", "have lunch with friends"]
+    assert choices == [
+        "make more phone calls",
+        "quit eating lunch out",
+        "buy less with monopoly money",
+        "have lunch with friends",
+    ]
     assert gold == 1 and raw["answerKey"] == "B"
 
 
@@ -339,7 +361,9 @@ def test_rewrite_is_idempotent_and_manifest_hashes_sources(config_dir: Path) -> 
     assert sources["race"]["sources"]["race/test/high"] == (
         "d12144648d105bad009aada759e0d5294adf4b2c269d991782d700d3429c7b03"
     )
-    assert sources["mmlu"]["sources"]["mmlu/dev"] == "00d0c3e2d00d9fd4f38ecf888d1053a39eb455ce7c5903e6626973e5a246fa5c"
+    assert sources["mmlu"]["sources"]["mmlu/dev"] == (
+        "00d0c3e2d00d9fd4f38ecf888d1053a39eb455ce7c5903e6626973e5a246fa5c"
+    )
     assert not list(config_dir.rglob("*.tmp"))
 
 
@@ -373,3 +397,17 @@ def test_include_path_overrides_stock_names(config_dir: Path) -> None:
     }
     assert not strays
     assert {"ai2_arc", "mmlu_stem_tasks"} <= our_tags and "multiple_choice" not in our_tags
+
+
+@needs_data
+def test_simple_evaluate_reports_stock_names(config_dir: Path) -> None:
+    """In-process evaluation (lm-eval's random ``dummy`` model) runs the offline configs under the stock names."""
+    import lm_eval
+
+    out = lm_eval.simple_evaluate(
+        model="dummy", tasks=["piqa", "mmlu"], task_manager=T.task_manager(config_dir), limit=2, log_samples=False
+    )
+    assert {"piqa", "mmlu", "mmlu_stem", "mmlu_anatomy"} <= set(out["results"])
+    assert out["configs"]["piqa"]["dataset_path"] == "json"
+    assert out["configs"]["mmlu_anatomy"]["fewshot_split"] == "dev"
+    assert out["versions"]["piqa"] == 1.0
