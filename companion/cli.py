@@ -1,4 +1,4 @@
-"""``python -m companion``: score blocks, derive drop orders, prune, and inspect models."""
+"""``python -m companion``: score blocks, derive drop orders, prune, evaluate, sweep and time models."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ from .models import DEFAULT_MODEL
 
 DESCRIPTION = """EntroDrop companion: entropy-based block pruning of decoder-only LLMs.
 
+commands: score, order, prune, info (the method); eval, sweep, speed, tasks (evaluation).
+
 typical use:
   python -m companion score --model gemma-3-270m --data wikitext2 --out scores.json
   python -m companion order scores.json --method knn --granularity attn
   python -m companion prune --model gemma-3-270m --scores scores.json --method knn --granularity layer --drop 4 --out pruned/
+  python -m companion sweep --profile smoke --out results/
+  python -m companion speed --scores scores.json --method knn --granularity attn,layer --drops 0,2,4
 """
 
 
@@ -113,6 +117,125 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def _ints(value: str | None) -> list[int]:
+    try:
+        return [int(v) for v in _csv(value)]
+    except ValueError as exc:
+        raise CompanionError(f"expected comma-separated integers, got '{value}'") from exc
+
+
+def _eval_settings(args: argparse.Namespace, prof: dict):
+    from .evaluation import EvalSettings
+
+    limit = prof["limit"] if args.limit is None else (None if args.limit == -1 else args.limit)
+    settings = EvalSettings(tasks=_csv(args.tasks) or prof["tasks"], limit=limit, batch_size=args.batch_size,
+                            fast=not args.stock_lm, ppl_seqlen=prof["ppl_seqlen"], ppl_chunks=prof["ppl_chunks"])
+    settings.validate()
+    return settings
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from .tasks import offline_differences, write_task_configs
+
+    folder = write_task_configs(Path(args.out), _csv(args.tasks) or None)
+    for task, note in sorted(offline_differences().items()):
+        print(f"{task}: {note}", file=sys.stderr)
+    print(f"wrote task configs to {folder}; run them with: lm_eval --include_path {folder} --tasks piqa ...")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+    from .io import atomic_write_json
+    from .models import load_model
+    from .profiles import profile
+    from .provenance import environment, timestamp
+    from .pruning import Pruning, apply_pruning, drop_order
+    from .scoring import read_scores
+
+    settings = _eval_settings(args, profile(args.profile))
+    pruning = None
+    if args.layers is not None or args.drop:
+        if args.layers is not None:
+            layers = _ints(args.layers)
+        elif args.scores is None:
+            raise CompanionError("--drop needs --scores (or give explicit --layers)")
+        else:
+            layers = drop_order(read_scores(args.scores), args.method, args.granularity, args.protect).drop_set(args.drop)
+        pruning = Pruning(args.granularity, layers)
+    loaded = load_model(args.model, args.device, args.dtype)
+    if pruning is not None:
+        apply_pruning(loaded.model, pruning)
+    else:
+        pruning = getattr(loaded.model, "companion_pruning", None)
+    rows = evaluate(loaded, settings, pruning)
+    for row in rows:
+        stderr = "" if row["stderr"] is None else f" ± {row['stderr']:.4f}"
+        print(f"{row['task']:>16} {row['metric']:>12} {row['value']:.4f}{stderr} (n={row['n']})")
+    if args.out:
+        atomic_write_json(args.out, {"schema": "companion.eval/1", "created": timestamp(), "model": loaded.provenance(),
+                                     "pruning": None if pruning is None else vars(pruning),
+                                     "settings": vars(settings), "environment": environment(), "rows": rows})
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .profiles import profile
+    from .sweep import SweepSettings, run_sweep
+
+    prof = profile(args.profile, device=args.device, dtype=args.dtype)
+    eval_settings = _eval_settings(args, prof)
+    models = [args.model] if args.model else prof["models"]
+    for spec in models:
+        for calibration in _csv(args.calibration) or prof["calibrations"]:
+            settings = SweepSettings(calibration=calibration, samples=args.samples or prof["samples"],
+                                     seqlen=args.seqlen or prof["seqlen"], seed=prof["seed"] if args.seed is None else args.seed,
+                                     methods=_csv(args.methods) or prof["methods"],
+                                     granularities=_csv(args.granularity) or prof["granularities"],
+                                     drops=_ints(args.drops) or prof["drops"], protect=args.protect)
+            loaded = load_model(spec, prof["device"], prof["dtype"])
+            out = Path(args.out) / spec.replace("/", "__")
+            rows = run_sweep(loaded, settings, eval_settings, out, progress=not args.quiet)
+            print(f"wrote {out}/sweep_{Path(calibration).stem}.csv ({len(rows)} rows)", file=sys.stderr)
+    return 0
+
+
+def cmd_speed(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .scoring import read_scores
+    from .speed import speed_sweep, write_speed
+
+    loaded = load_model(args.model, args.device, args.dtype)
+    measure = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
+               "warmup": args.warmup, "repeats": args.repeats}
+    rows = []
+    for granularity in _csv(args.granularity):
+        rows += speed_sweep(loaded, read_scores(args.scores), args.method, granularity, _ints(args.drops),
+                            args.protect, **measure)
+    for row in rows:
+        print(f"{row['granularity']:>5} K={row['K']:<3} prefill {row['prefill_tps']:.1f} tok/s "
+              f"(x{row['measured_speedup_prefill']:.2f}, FLOPs x{row['expected_speedup_prefill']:.2f})  "
+              f"decode {row['decode_tps']:.1f} tok/s (x{row['measured_speedup_decode']:.2f}, "
+              f"FLOPs x{row['expected_speedup_decode']:.2f})")
+    write_speed(rows, args.out, {"model": loaded.provenance(), "scores": args.scores, "method": args.method,
+                                 "protect": args.protect, **measure})
+    return 0
+
+
+def _eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="default", help="smoke, default or paper: defaults for what is not set")
+    parser.add_argument("--tasks", help="comma-separated lm-eval task names, plus wikitext2_ppl (default: the profile's)")
+    parser.add_argument("--limit", type=int, help="examples per task (default: the profile's; -1 for all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
+    parser.add_argument("--stock-lm", action="store_true",
+                        help="use lm-eval's stock HFLM instead of the faster, equivalent FastHFLM")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m companion", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -156,6 +279,54 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a model: family, layers, parameters, pruning", formatter_class=fmt)
     _model_args(p)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("tasks", help="write offline lm-eval task configs fed from COMPANION_DATA_DIR",
+                       formatter_class=fmt)
+    p.add_argument("--out", required=True, help="folder for the configs (use with lm_eval --include_path)")
+    p.add_argument("--tasks", help="comma-separated task names (default: all available)")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("eval", help="evaluate a dense or pruned model with lm-eval (cached)", formatter_class=fmt)
+    _model_args(p)
+    _eval_args(p)
+    p.add_argument("--scores", help="scores file, to prune by a drop order before evaluating")
+    _order_args(p)
+    p.add_argument("--drop", type=int, default=0, help="number of blocks to drop (with --scores)")
+    p.add_argument("--layers", help="explicit comma-separated layers to drop instead of --scores/--drop")
+    p.add_argument("--out", help="JSON file for the results")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("sweep", help="score once, then evaluate every method x granularity x K", formatter_class=fmt)
+    p.add_argument("--model", help="model spec (default: the profile's models)")
+    p.add_argument("--device", help="override the profile's device")
+    p.add_argument("--dtype", help="override the profile's dtype")
+    p.add_argument("--calibration", help="comma-separated calibration sources (default: the profile's)")
+    p.add_argument("--samples", type=int, help="calibration windows")
+    p.add_argument("--seqlen", type=int, help="tokens per calibration window")
+    p.add_argument("--seed", type=int, help="seed of the window draw")
+    p.add_argument("--methods", help="comma-separated: knn, bucket, renyi, cosine, angular")
+    p.add_argument("--granularity", help="comma-separated: attn, mlp, layer")
+    p.add_argument("--drops", help="comma-separated numbers of dropped blocks, e.g. 0,2,4,6,8")
+    p.add_argument("--protect", default="auto", help="protected layers (see 'order --help')")
+    _eval_args(p)
+    p.add_argument("--out", default="results/sweep", help="output folder (one subfolder per model)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("speed", help="prefill/decode throughput and memory, dense vs pruned", formatter_class=fmt)
+    _model_args(p)
+    p.add_argument("--scores", required=True, help="scores file written by 'score'")
+    p.add_argument("--method", default="knn", help="method whose drop order is measured")
+    p.add_argument("--granularity", default="attn", help="comma-separated: attn, mlp, layer")
+    p.add_argument("--protect", default="auto", help="protected layers (see 'order --help')")
+    p.add_argument("--drops", default="0,2,4,6,8", help="comma-separated numbers of dropped blocks")
+    p.add_argument("--prompt-len", type=int, default=256, help="prompt tokens (prefill)")
+    p.add_argument("--new-tokens", type=int, default=32, help="generated tokens (decode)")
+    p.add_argument("--batch-size", type=int, default=1, help="sequences per batch")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs (median and spread reported)")
+    p.add_argument("--out", default="speed.json", help="JSON results (a CSV is written beside it)")
+    p.set_defaults(func=cmd_speed)
     return parser
 
 

@@ -61,7 +61,7 @@ class Windows:
 
 
 def wikitext_articles(rows: list[str]) -> list[str]:
-    """Join WikiText rows into articles, split at top-level headings (`` = Title = ``)."""
+    """Join WikiText rows into articles, split at top-level headings (rows like ``" = Title = "``)."""
     articles: list[list[str]] = []
     for row in rows:
         if _ARTICLE_HEADING.match(row) or not articles:
@@ -105,28 +105,32 @@ def _from_hub(source: str, split: str) -> list[str]:
     return load_dataset("allenai/c4", data_files=data_files, split=split)["text"]
 
 
+def load_rows(source: str, split: str | None = None) -> tuple[list[str], dict]:
+    """Raw rows of ``wikitext2`` or ``c4`` (Hub when reachable, else ``COMPANION_DATA_DIR``) and where they came from."""
+    split = split or DEFAULT_SPLIT[source]
+    if hub_reachable():
+        rows = _from_hub(source, split)
+        return rows, {"source": source, "split": split, "origin": "hub", "path": f"hf://{source}/{split}",
+                      "sha256": sha256_text("\n".join(rows))}
+    if split not in LOCAL_SOURCES[source]:
+        raise CompanionError(f"{source} has no local '{split}' split; available: {', '.join(LOCAL_SOURCES[source])}")
+    local = data_file(LOCAL_SOURCES[source][split], f"{source} ({split}): the Hugging Face Hub is unreachable")
+    return _read_file(local), {"source": source, "split": split, "origin": "local", "path": str(local),
+                               "sha256": sha256_file(local)}
+
+
 def load_documents(source: str, split: str | None = None) -> Documents:
-    """Documents of ``wikitext2``, ``c4`` (Hub when reachable, else ``COMPANION_DATA_DIR``) or a file."""
+    """Documents of ``wikitext2`` (articles), ``c4`` (Hub when reachable, else ``COMPANION_DATA_DIR``) or a file."""
     path = Path(source).expanduser()
     if source not in LOCAL_SOURCES:
         if not path.is_file():
             raise CompanionError(
                 f"unknown calibration source '{source}': use wikitext2, c4, or a .txt/.jsonl/.json/.parquet file"
             )
-        texts = _read_file(path)
-        return Documents(texts, path.stem, "file", "local", str(path.resolve()), sha256_file(path))
-    split = split or DEFAULT_SPLIT[source]
-    if hub_reachable():
-        rows = _from_hub(source, split)
-        origin, where, digest = "hub", f"hf://{source}/{split}", sha256_text("\n".join(rows))
-    else:
-        if split not in LOCAL_SOURCES[source]:
-            raise CompanionError(f"{source} has no local '{split}' split; available: {', '.join(LOCAL_SOURCES[source])}")
-        local = data_file(LOCAL_SOURCES[source][split], f"{source} ({split}): the Hugging Face Hub is unreachable")
-        rows = _read_file(local)
-        origin, where, digest = "local", str(local), sha256_file(local)
+        return Documents(_read_file(path), path.stem, "file", "local", str(path.resolve()), sha256_file(path))
+    rows, where = load_rows(source, split)
     texts = wikitext_articles(rows) if source == "wikitext2" else [t for t in rows if t.strip()]
-    return Documents(texts, source, split, origin, where, digest)
+    return Documents(texts, source, where["split"], where["origin"], where["path"], where["sha256"])
 
 
 def sample_windows(tokenizer, docs: Documents, samples: int, seqlen: int, seed: int) -> Windows:

@@ -9,14 +9,16 @@ checkpoint. Pruning ``attn`` or ``mlp`` replaces the sub-layer and its norms by 
 nothing; a skipped attention still advances the KV cache by a one-number-per-token placeholder so the
 cache's sequence length (which positions and masks are built from) stays right during ``generate``.
 Such checkpoints are saved with zeros in place of the removed weights (so plain transformers computes
-exactly zero for those sub-layers) plus a manifest from which :func:`load_pruned` rebuilds the
-compute-free model.
+exactly zero for those sub-layers) plus a manifest from which :func:`companion.models.load_model`
+rebuilds the compute-free model.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -266,3 +268,31 @@ def read_manifest(folder: str | Path) -> Pruning | None:
         return None
     data = json.loads(path.read_text())
     return Pruning(data["granularity"], data["layers"])
+
+
+@contextmanager
+def temporarily_pruned(model: nn.Module, pruning: Pruning) -> Iterator[dict]:
+    """Apply ``pruning`` inside a ``with`` block and restore the dense model afterwards.
+
+    Sweeps evaluate many prunings of one loaded model this way, without copies or reloads, so the
+    same code serves a 270M model on a laptop and an 8B model on one GPU.
+    """
+    stack = adapters.decoder(model)
+    config = adapters.text_config(model)
+    layers = list(stack.layers)
+    saved_children = [dict(layer.named_children()) for layer in layers]
+    saved_config = (config.num_hidden_layers, getattr(config, "layer_types", None))
+    saved_indices = {m: m.layer_idx for layer in layers for m in layer.modules() if hasattr(m, "layer_idx")}
+    try:
+        yield apply_pruning(model, pruning)
+    finally:
+        for layer, children in zip(layers, saved_children):
+            for name, child in children.items():
+                setattr(layer, name, child)
+        for module, index in saved_indices.items():
+            module.layer_idx = index
+        stack.layers = nn.ModuleList(layers)
+        config.num_hidden_layers = saved_config[0]
+        if saved_config[1] is not None:
+            config.layer_types = saved_config[1]
+        model.__dict__.pop("companion_pruning", None)

@@ -254,7 +254,7 @@ def speed_sweep(loaded: LoadedModel, scores: dict, method: str, granularity: str
     One deep copy of the model is pruned further at each K in ascending order: the drop sets of one
     order are nested, skipping an attention or MLP sub-layer again is a no-op, and for whole layers
     the original indices are mapped to the positions of the layers still present. ``loaded.model``
-    itself is not changed. Every K runs on the same seeded random prompt. Speedups are relative to
+    itself is not changed, so the process holds the dense weights twice. Every K runs on the same seeded random prompt. Speedups are relative to
     K = 0; the expected ones come from :func:`run_flops` on the dense config.
     """
     order = drop_order(scores, method, granularity, protect)

@@ -77,12 +77,7 @@ def tiny_checkpoint(tmp_path):
 
 @pytest.fixture(autouse=True)
 def isolated_cache(request, tmp_path, monkeypatch):
-    """Each unit test gets its own companion cache; integration tests share the user's (converted model,
-    weight fingerprints)."""
-    if request.node.get_closest_marker("integration"):
-        return
-    monkeypatch.setenv("COMPANION_CACHE_DIR", str(tmp_path / "cache"))
-    shared = os.path.join(os.path.expanduser("~"), ".cache", "companion", "models")
-    if os.path.isdir(shared):
-        (tmp_path / "cache").mkdir(exist_ok=True)
-        os.symlink(shared, tmp_path / "cache" / "models")
+    """Unit tests get their own companion cache; integration tests share the user's (converted default
+    model, weight fingerprints)."""
+    if not request.node.get_closest_marker("integration"):
+        monkeypatch.setenv("COMPANION_CACHE_DIR", str(tmp_path / "cache"))

@@ -324,7 +324,8 @@ PROBE = """(async () => {
     rawTex: /\\$\\$|\\\\frac|\\\\begin\\{/.test(article.innerText),
     images: [...document.images].map(i => ({src: i.currentSrc || i.src, width: i.naturalWidth,
                                             inArticle: article.contains(i)})),
-    sheets: [...document.querySelectorAll('link[rel="stylesheet"]')].map(l => ({href: l.href, loaded: !!l.sheet})),
+    sheets: [...document.querySelectorAll('link[rel="stylesheet"]')].map(l => ({href: l.href,
+                                                        loaded: !!l.sheet && l.sheet.cssRules.length > 0})),
     theme: getComputedStyle(document.documentElement).getPropertyValue('--pst-color-primary').trim(),
     sidebar: !!document.querySelector('.bd-sidebar-primary a.reference'),
     math: [...article.querySelectorAll('math')].map(m => { const r = m.getBoundingClientRect();
@@ -362,9 +363,12 @@ def _network_problems(events: list[dict], origin: str) -> list[str]:
         if event["method"] == "Network.requestWillBeSent":
             url = params["request"]["url"]
             urls[params["requestId"]] = url
+            if url == f"{origin}/favicon.ico":
+                continue  # the browser asks for it on its own; the book sets no favicon
             if not url.startswith((origin, "data:", "about:", "blob:")):
                 problems.append(f"request to the network: {url}")
-        elif event["method"] == "Network.responseReceived" and params["response"]["status"] >= 400:
+        elif (event["method"] == "Network.responseReceived" and params["response"]["status"] >= 400
+              and not params["response"]["url"].endswith("/favicon.ico")):
             problems.append(f"HTTP {params['response']['status']}: {params['response']['url']}")
         elif event["method"] == "Network.loadingFailed" and not params.get("canceled"):
             problems.append(f"failed ({params.get('errorText')}): {urls.get(params['requestId'], '?')}")
@@ -372,6 +376,18 @@ def _network_problems(events: list[dict], origin: str) -> list[str]:
             details = params["exceptionDetails"]
             problems.append(f"JavaScript error: {details.get('exception', {}).get('description') or details['text']}")
     return problems
+
+
+def _screenshot(devtools: DevTools, session: str, path: Path, width: int = 1280, max_height: int = 8000) -> None:
+    """The whole page: the viewport is made as tall as the page (capped), captured, then restored."""
+    height = devtools.call("Runtime.evaluate", {"expression": "document.documentElement.scrollHeight",
+                                                "returnByValue": True}, session)["result"]["value"]
+    metrics = {"width": width, "deviceScaleFactor": 1, "mobile": False}
+    devtools.call("Emulation.setDeviceMetricsOverride", {**metrics, "height": min(int(height), max_height)}, session)
+    time.sleep(0.3)  # let the layout settle at the new size
+    shot = devtools.call("Page.captureScreenshot", {"format": "png"}, session, timeout=60)
+    path.write_bytes(base64.b64decode(shot["data"]))
+    devtools.call("Emulation.setDeviceMetricsOverride", {**metrics, "height": 900}, session)
 
 
 def test_pages_render_in_chromium(html_dir, site, browser, screenshots):
@@ -401,12 +417,7 @@ def test_pages_render_in_chromium(html_dir, site, browser, screenshots):
                          f"{info['mathErrors']}, empty formulas: {info['math'].count(False)})")
         if name == "method" and len(info["math"]) < 10:
             found.append(f"method: only {len(info['math'])} formulas rendered")
-        metrics = browser.call("Page.getLayoutMetrics", {}, session)
-        height = min(int(metrics["cssContentSize"]["height"]), 8000)
-        shot = browser.call("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True,
-                                                       "clip": {"x": 0, "y": 0, "width": 1280, "height": height,
-                                                                "scale": 1}}, session, timeout=60)
-        (screenshots / f"{name.replace('/', '__')}.png").write_bytes(base64.b64decode(shot["data"]))
+        _screenshot(browser, session, screenshots / f"{name.replace('/', '__')}.png")
         problems += found
     browser.call("Target.closeTarget", {"targetId": target})
     assert not problems, "rendering problems:\n" + "\n".join(problems)

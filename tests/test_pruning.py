@@ -12,7 +12,7 @@ from companion import adapters
 from companion.errors import CompanionError
 from companion.models import load_model
 from companion.pruning import (DropOrder, Pruning, apply_pruning, compression_stage, count_parameters,
-                               decode_rank_string, drop_order, parse_protect, save_pruned)
+                               decode_rank_string, drop_order, parse_protect, save_pruned, temporarily_pruned)
 from conftest import make_tiny_model, make_tiny_tokenizer
 
 PAPER_RANKS = "29_30_28_27_26_23_25_24_21_22_18_17_19_20_16_15_14_13_10_2_3_12_7_5_8_0_6_9_4_1_11_31"
@@ -138,3 +138,22 @@ def test_bad_prunings():
         apply_pruning(model, Pruning("layer", [0, 1, 2, 3]))
     with pytest.raises(CompanionError, match="unknown granularity"):
         Pruning("head", [0])
+
+
+@pytest.mark.parametrize("granularity", ["attn", "mlp", "layer"])
+def test_temporary_pruning_restores_the_dense_model(granularity):
+    model = make_tiny_model("gemma3")
+    ids = torch.randint(3, 96, (2, 9))
+    with torch.no_grad():
+        dense = model(ids).logits
+        reference = copy.deepcopy(model)
+        apply_pruning(reference, Pruning(granularity, [1, 3]))
+        with temporarily_pruned(model, Pruning(granularity, [1, 3])) as report:
+            torch.testing.assert_close(model(ids).logits, reference(ids).logits, rtol=0, atol=0)
+            assert report["params_after"] == count_parameters(reference)
+        torch.testing.assert_close(model(ids).logits, dense, rtol=0, atol=0)
+        cached = model.generate(ids[:1], max_new_tokens=4, do_sample=False, pad_token_id=0)
+        uncached = model.generate(ids[:1], max_new_tokens=4, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, uncached)
+    assert not hasattr(model, "companion_pruning")
+    assert model.config.num_hidden_layers == 4

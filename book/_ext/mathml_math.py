@@ -10,6 +10,7 @@ support is reported as a Sphinx warning (which fails a ``-W`` build) and shown a
 from __future__ import annotations
 
 import re
+import xml.etree.ElementTree as ET
 
 from docutils import nodes
 from docutils.utils.math import MathError, latex2mathml, unichar2tex
@@ -32,10 +33,48 @@ def _unwrap(latex: str) -> str:
     return _ENVIRONMENTS.sub(lambda m: rf"\{m.group(1)}{{aligned}}" if m.group(2) != "equation" else "", latex)
 
 
+_MATHML = "http://www.w3.org/1998/Math/MathML"
+_OPENING = set("([{\u27e8|\u2016")
+
+
+def _fix(mathml: str) -> str:
+    """Two repairs of the converter's output, as TeX typesets them.
+
+    - An accented symbol with a subscript (``\\hat{H}_{k}``) comes out as one ``munderover`` that
+      puts the subscript *under* the symbol; it becomes ``msub(mover(symbol, accent), subscript)``.
+    - A function name (``\\log n``) is followed by an invisible "apply function" operator with no
+      space, so ``d \\log n`` reads "dlogn"; TeX's thin spaces are added after the name (unless an
+      opening fence follows) and before it (after an ordinary symbol).
+    """
+    root = ET.fromstring(mathml.replace(f' xmlns="{_MATHML}"', "", 1).replace("&ApplyFunction;", "&#x2061;"))
+    for parent in list(root.iter()):
+        applied = [i for i, child in enumerate(parent) if child.tag == "mo" and child.text == "\u2061"]
+        for i in reversed(applied):  # thin space before a function name that follows an ordinary symbol
+            if i >= 2 and parent[i - 2].tag != "mo":
+                parent.insert(i - 1, ET.Element("mspace", width="0.1667em"))
+        for i, child in enumerate(list(parent)):
+            if child.tag == "munderover" and len(child) == 3:
+                base, under, over = child
+                if base.tag != "mo" and "movablelimits" not in base.attrib and over.tag == "mo":
+                    accented = ET.Element("mover", accent="true")
+                    accented.extend([base, over])
+                    script = ET.Element("msub")
+                    script.extend([accented, under])
+                    parent[i] = script
+            elif child.tag == "mo" and child.text == "\u2061":
+                nxt = parent[i + 1] if i + 1 < len(parent) else None
+                if nxt is not None and nxt.tag == "mrow" and len(nxt):
+                    nxt = nxt[0]
+                if nxt is None or not (nxt.tag == "mo" and (nxt.text or "").strip() in _OPENING):
+                    child.set("rspace", "0.1667em")
+    root.set("xmlns", _MATHML)
+    return ET.tostring(root, encoding="unicode").replace("\u2061", "&#x2061;")
+
+
 def _convert(self, node: nodes.Element, latex: str, block: bool) -> str:
     try:
         tex = _ALIASES.sub(lambda m: "\\" + _ALIAS_FOR[m.group(1)], latex.translate(unichar2tex.uni2tex_table))
-        return latex2mathml.tex2mathml(tex, as_block=block)
+        return _fix(latex2mathml.tex2mathml(tex, as_block=block))
     except MathError as err:
         logger.warning("cannot convert LaTeX to MathML (%s): %s", err, latex, location=node)
         return f'<code class="math-error">{self.encode(latex)}</code>'

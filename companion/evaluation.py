@@ -1,0 +1,172 @@
+"""Evaluation of dense and pruned models: lm-eval tasks and WikiText-2 perplexity, cached per pruning.
+
+Tasks run through lm-evaluation-harness's Python API on the in-memory model (``FastHFLM`` by default:
+the same log-likelihoods as stock ``HFLM``, with the LM head computed only where needed). With the
+Hub in reach the stock tasks run as they are; offline, :mod:`companion.tasks` writes configs that
+feed the stock tasks from ``COMPANION_DATA_DIR``.
+
+Every (model weights, pruning, task, few-shot, limit, dtype, data origin) result is cached as its own
+JSON file, written atomically, so reruns skip finished work and an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import tasks as offline_tasks
+from .data import load_rows
+from .errors import CompanionError
+from .hub import hub_reachable
+from .io import atomic_write_json, sha256_text
+from .models import LoadedModel
+from .paths import cache_dir
+from .pruning import Pruning
+
+PERPLEXITY_TASK = "wikitext2_ppl"
+# The accuracy each task contributes to a mean: length-normalised where the choices differ in length
+# and the convention of the field reports it (HellaSwag, ARC-Challenge, OpenBookQA), plain otherwise.
+PRIMARY_METRIC = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "openbookqa": "acc_norm",
+                  PERPLEXITY_TASK: "perplexity"}
+CACHE_VERSION = 1
+
+
+@dataclass
+class EvalSettings:
+    """What to evaluate and how: lm-eval task names (plus ``wikitext2_ppl``), limits, batch size."""
+
+    tasks: list[str] = field(default_factory=lambda: ["piqa"])
+    limit: int | None = None
+    num_fewshot: int = 0
+    batch_size: int = 8
+    fast: bool = True
+    ppl_seqlen: int = 512
+    ppl_chunks: int | None = None
+
+    def validate(self) -> None:
+        """Unknown tasks and non-positive limits are errors before any work starts."""
+        if self.limit is not None and self.limit < 1:
+            raise CompanionError(f"--limit must be a positive number of examples (got {self.limit})")
+        if self.ppl_chunks is not None and self.ppl_chunks < 1:
+            raise CompanionError(f"perplexity chunks must be positive (got {self.ppl_chunks})")
+        known = set(known_tasks()) | {PERPLEXITY_TASK}
+        for task in self.tasks:
+            if task not in known:
+                hint = "" if hub_reachable() else " (offline: only tasks with local data are available)"
+                raise CompanionError(f"unknown task '{task}'{hint}; available: {', '.join(sorted(known))}")
+
+
+def primary_metric(task: str) -> str:
+    """The metric of ``task`` that enters mean accuracy (or perplexity)."""
+    return PRIMARY_METRIC.get(task, "acc")
+
+
+@functools.lru_cache(maxsize=1)
+def known_tasks() -> tuple[str, ...]:
+    """Task names this machine can evaluate: all of lm-eval's online, the offline set otherwise."""
+    if hub_reachable():
+        from lm_eval.tasks import TaskManager
+
+        return tuple(TaskManager().all_subtasks + TaskManager().all_groups)
+    return tuple(offline_tasks.available_tasks())
+
+
+@functools.lru_cache(maxsize=None)
+def _task_manager(task: str):
+    from lm_eval.tasks import TaskManager
+
+    if hub_reachable():
+        return TaskManager()
+    folder = offline_tasks.write_task_configs(cache_dir() / "lm_eval_tasks", [task])
+    return offline_tasks.task_manager(folder)
+
+
+def cache_key(loaded: LoadedModel, pruning: Pruning | None, task: str, settings: EvalSettings) -> dict:
+    """Everything a cached result depends on; the dense model is the empty pruning."""
+    prov = loaded.provenance()
+    key = {"version": CACHE_VERSION, "weights": prov["weights_sha256"] or prov["path"], "dtype": prov["dtype"],
+           "pruning": None if pruning is None or not pruning.layers else asdict(pruning), "task": task,
+           "num_fewshot": settings.num_fewshot, "limit": settings.limit,
+           "data": "hub" if hub_reachable() else "local"}
+    if task == PERPLEXITY_TASK:
+        key.update(ppl_seqlen=settings.ppl_seqlen, ppl_chunks=settings.ppl_chunks)
+    return key
+
+
+def _rows_from_lm_eval(results: dict, task: str) -> list[dict]:
+    """Tidy rows (metric, value, stderr, n) of one task or group from lm-eval's results dict."""
+    table = results.get("groups", {}).get(task) or results["results"][task]
+    n = sum(int(v.get("effective", 0)) for v in results.get("n-samples", {}).values())
+    rows = []
+    for name, value in table.items():
+        if "," not in name or "_stderr" in name or not isinstance(value, (int, float)):
+            continue
+        metric, filt = name.split(",", 1)
+        stderr = table.get(f"{metric}_stderr,{filt}")
+        rows.append({"task": task, "metric": metric, "value": float(value),
+                     "stderr": float(stderr) if isinstance(stderr, (int, float)) else None, "n": n})
+    return rows
+
+
+def run_lm_eval(loaded: LoadedModel, task: str, settings: EvalSettings) -> list[dict]:
+    """Evaluate the (possibly pruned) in-memory model on one lm-eval task or group."""
+    from lm_eval import simple_evaluate
+
+    from .fastlm import make_lm
+
+    lm = make_lm(loaded.model, loaded.tokenizer, batch_size=settings.batch_size, fast=settings.fast)
+    results = simple_evaluate(model=lm, tasks=[task], num_fewshot=settings.num_fewshot, limit=settings.limit,
+                              task_manager=_task_manager(task), log_samples=False, bootstrap_iters=1000,
+                              verbosity="ERROR")
+    return _rows_from_lm_eval(results, task)
+
+
+def perplexity(loaded: LoadedModel, seqlen: int = 512, chunks: int | None = None) -> list[dict]:
+    """WikiText-2 test perplexity as GPTQ/SparseGPT compute it: rows joined by blank lines, tokenized
+    once, cut into consecutive ``seqlen`` windows (the first ``chunks`` of them, or all)."""
+    rows, _ = load_rows("wikitext2", "test")
+    ids = loaded.tokenizer("\n\n".join(rows), return_tensors="pt").input_ids[0]
+    windows = ids[: (ids.numel() // seqlen) * seqlen].view(-1, seqlen)[:chunks]
+    device = next(loaded.model.parameters()).device
+    losses = []
+    with torch.inference_mode():
+        for window in tqdm(windows, desc="perplexity", unit="window", leave=False):
+            batch = window[None].to(device)
+            losses.append(loaded.model(input_ids=batch, labels=batch, use_cache=False).loss.float())
+    nll = torch.stack(losses).cpu()
+    if not torch.isfinite(nll).all():
+        raise CompanionError("perplexity is not finite (NaN or Inf in the model's outputs); try another --dtype")
+    mean = nll.mean().item()
+    stderr = (nll.std().item() / math.sqrt(len(nll))) * math.exp(mean) if len(nll) > 1 else None
+    return [{"task": PERPLEXITY_TASK, "metric": "perplexity", "value": math.exp(mean), "stderr": stderr,
+             "n": int(windows.numel())}]
+
+
+def evaluate(loaded: LoadedModel, settings: EvalSettings, pruning: Pruning | None = None,
+             cache: Path | None = None) -> list[dict]:
+    """Rows (task, metric, value, stderr, n) for every task in ``settings``; cached results are reused.
+
+    ``pruning`` only labels the cache entry: the caller applies it to ``loaded.model`` beforehand.
+    """
+    settings.validate()
+    cache = Path(cache) if cache is not None else cache_dir() / "evaluations"
+    rows = []
+    for task in settings.tasks:
+        key = cache_key(loaded, pruning, task, settings)
+        path = cache / f"{sha256_text(json.dumps(key, sort_keys=True))[:32]}.json"
+        if path.exists():
+            rows.extend(json.loads(path.read_text())["rows"])
+            continue
+        if task == PERPLEXITY_TASK:
+            task_rows = perplexity(loaded, settings.ppl_seqlen, settings.ppl_chunks)
+        else:
+            task_rows = run_lm_eval(loaded, task, settings)
+        atomic_write_json(path, {"key": key, "rows": task_rows})
+        rows.extend(task_rows)
+    return rows

@@ -1,0 +1,45 @@
+"""Named settings of whole runs: ``smoke`` (CI, minutes), ``default`` (the embedded model on a laptop
+CPU) and ``paper`` (the paper's models and setup on a GPU). Command-line flags and ``MODEL=``/``DEVICE=``
+override single fields."""
+
+from __future__ import annotations
+
+from .errors import CompanionError
+
+PAPER_TASKS = ["piqa", "hellaswag", "winogrande", "wsc273", "commonsense_qa", "mmlu", "cmmlu", "arc_easy",
+               "arc_challenge", "openbookqa", "race", "boolq", "lambada_openai"]
+
+PROFILES: dict[str, dict] = {
+    "smoke": {
+        "models": ["gemma-3-270m"], "calibrations": ["wikitext2", "c4"], "samples": 8, "seqlen": 128, "seed": 2024,
+        "methods": ["knn", "bucket", "renyi", "cosine"], "granularities": ["attn", "layer"], "drops": [0, 4],
+        "tasks": ["piqa", "wikitext2_ppl"], "limit": 8, "ppl_seqlen": 128, "ppl_chunks": 1,
+        "speed_drops": [0, 4], "speed_prompt": 64, "speed_new_tokens": 4, "speed_repeats": 1,
+        "device": "auto", "dtype": "auto",
+    },
+    "default": {
+        "models": ["gemma-3-270m"], "calibrations": ["wikitext2", "c4"], "samples": 64, "seqlen": 256, "seed": 2024,
+        "methods": ["knn", "bucket", "renyi", "cosine"], "granularities": ["attn", "layer"], "drops": [0, 2, 4, 6, 8],
+        "tasks": ["piqa", "arc_easy", "hellaswag", "winogrande", "lambada_openai", "wikitext2_ppl"], "limit": 100,
+        "ppl_seqlen": 512, "ppl_chunks": 16,
+        "speed_drops": [0, 2, 4, 6, 8], "speed_prompt": 256, "speed_new_tokens": 32, "speed_repeats": 5,
+        "device": "auto", "dtype": "auto",
+    },
+    "paper": {
+        "models": ["meta-llama/Llama-3.1-8B", "mistralai/Mistral-7B-v0.3"], "calibrations": ["c4", "wikitext2"],
+        "samples": 128, "seqlen": 256, "seed": 2024, "methods": ["knn", "bucket", "renyi", "cosine"],
+        "granularities": ["attn", "layer"], "drops": [0, 4, 8, 12, 16], "tasks": PAPER_TASKS + ["wikitext2_ppl"],
+        "limit": None, "ppl_seqlen": 2048, "ppl_chunks": None,
+        "speed_drops": [0, 4, 8, 12, 16], "speed_prompt": 1024, "speed_new_tokens": 128, "speed_repeats": 10,
+        "device": "auto", "dtype": "auto",
+    },
+}
+
+
+def profile(name: str, **overrides) -> dict:
+    """The settings of profile ``name`` with non-empty ``overrides`` applied."""
+    if name not in PROFILES:
+        raise CompanionError(f"unknown profile '{name}'; choose from {', '.join(PROFILES)}")
+    settings = dict(PROFILES[name])
+    settings.update({k: v for k, v in overrides.items() if v not in (None, "", [])})
+    return settings
