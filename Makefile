@@ -4,21 +4,26 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# torch is installed first and separately: CPU machines take this (local or PyPI) build; GPU users
-# install their CUDA build into the venv beforehand (see README) and it is kept.
+# torch is installed first and on its own: CPU machines get this build; GPU users install their CUDA
+# build of torch into the venv beforehand (see README) and it is kept.
 TORCH_SPEC ?= torch==2.13.0
 COMPANION_DATA_DIR ?= $(abspath ../shared/data)
 export COMPANION_DATA_DIR
 PROFILE ?= default
 MODEL ?=
 DEVICE ?=
-RESULTS ?= results/$(PROFILE)
+RESULTS ?= results
+JB := $(VENV)/bin/jupyter-book
+JB_FLAGS := --warningiserror --nitpick --keep-going
+SMOKE := generated/smoke
 
-.PHONY: install reproduce test test-fast clean help
+.PHONY: help install browser reproduce notebooks book test test-unit test-smoke clean
 
 help:
-	@echo "make reproduce   regenerate results (PROFILE=smoke|default|paper, MODEL=..., DEVICE=...)"
-	@echo "make test        run the test suite"
+	@echo "make reproduce   execute every figure notebook and build the book"
+	@echo "                 (PROFILE=smoke|default|paper, MODEL=<hf id or folder>, DEVICE=cpu|cuda)"
+	@echo "make book        build the book from the executed notebooks in book/figures"
+	@echo "make test        unit + integration tests, the smoke profile end to end, and the built book"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,17 +34,33 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-reproduce: install
-	$(PY) -m companion score --data wikitext2 --samples 32 --seqlen 256 --out $(RESULTS)/scores.json \
-		$(if $(MODEL),--model $(MODEL)) $(if $(DEVICE),--device $(DEVICE))
-	$(PY) -m companion order $(RESULTS)/scores.json --method knn --granularity attn --format json > $(RESULTS)/order_knn_attn.json
-	$(PY) -m companion order $(RESULTS)/scores.json --method cosine --granularity attn --format json > $(RESULTS)/order_cosine_attn.json
+# Headless Chromium for the book test (Debian packages); skipped where it is already there.
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium fonts-dejavu-extra >/dev/null; }
 
-test: install
+notebooks: install
+	$(PY) -m companion reproduce --profile $(PROFILE) --results $(RESULTS) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(DEVICE),--device $(DEVICE))
+
+book: install
+	rm -rf book/_build
+	$(JB) build book $(JB_FLAGS)
+
+reproduce: notebooks book
+	@echo "book: book/_build/html/index.html"
+
+test: test-unit test-smoke
+
+test-unit: install browser
 	$(PY) -m pytest -q
 
-test-fast: install
-	$(PY) -m pytest -q -m "not integration"
+# The smoke profile through every notebook into a copy of the book, then the same checks on that build.
+test-smoke: install browser
+	rm -rf $(SMOKE)/book && mkdir -p $(SMOKE) && cp -r book $(SMOKE)/book && rm -rf $(SMOKE)/book/_build
+	$(PY) -m companion reproduce --profile smoke --results $(SMOKE)/results --out $(SMOKE)/notebooks \
+		--book-figures $(SMOKE)/book/figures
+	$(JB) build $(SMOKE)/book $(JB_FLAGS)
+	BOOK_HTML=$(SMOKE)/book/_build/html $(PY) -m pytest -q tests/test_book.py
 
 clean:
-	rm -rf $(VENV) book/_build generated
+	rm -rf book/_build generated

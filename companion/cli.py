@@ -12,7 +12,8 @@ from .models import DEFAULT_MODEL
 
 DESCRIPTION = """EntroDrop companion: entropy-based block pruning of decoder-only LLMs.
 
-commands: score, order, prune, info (the method); eval, sweep, speed, tasks (evaluation).
+commands: score, order, prune, info (the method); eval, sweep, speed, tasks (evaluation);
+reproduce (the figure notebooks).
 
 typical use:
   python -m companion score --model gemma-3-270m --data wikitext2 --out scores.json
@@ -227,6 +228,17 @@ def cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import run_notebooks
+
+    parameters = {"profile": args.profile, "model": args.model or "", "device": args.device or "",
+                  "dtype": args.dtype or "", "results_dir": args.results}
+    executed = run_notebooks(Path(args.notebooks), Path(args.out), parameters, _csv(args.only) or None,
+                             Path(args.book_figures) if args.book_figures else None, args.force)
+    print(f"executed {len(executed)} notebook(s): {', '.join(executed) or 'none (all up to date)'}", file=sys.stderr)
+    return 0
+
+
 def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="default", help="smoke, default or paper: defaults for what is not set")
     parser.add_argument("--tasks", help="comma-separated lm-eval task names, plus wikitext2_ppl (default: the profile's)")
@@ -327,6 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed runs (median and spread reported)")
     p.add_argument("--out", default="speed.json", help="JSON results (a CSV is written beside it)")
     p.set_defaults(func=cmd_speed)
+
+    p = sub.add_parser("reproduce", help="execute the figure notebooks (papermill), skipping unchanged ones",
+                       formatter_class=fmt)
+    p.add_argument("--profile", default="default", help="smoke, default or paper")
+    p.add_argument("--model", help="override the profile's model (Hugging Face id or local folder)")
+    p.add_argument("--device", help="override the profile's device")
+    p.add_argument("--dtype", help="override the profile's dtype")
+    p.add_argument("--results", default="results", help="results folder (one subfolder per profile and model)")
+    p.add_argument("--notebooks", default="notebooks", help="folder of the source notebooks")
+    p.add_argument("--out", default="generated/notebooks", help="folder for the executed notebooks")
+    p.add_argument("--book-figures", default="book/figures", help="copy executed notebooks here ('' for no copy)")
+    p.add_argument("--only", help="comma-separated notebook names")
+    p.add_argument("--force", action="store_true", help="execute even if nothing changed")
+    p.set_defaults(func=cmd_reproduce)
     return parser
 
 

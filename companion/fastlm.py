@@ -55,11 +55,16 @@ class FastHFLM(HFLM):
         if not self._fast:
             log.warning("FastHFLM: %s has no logits_to_keep; using stock HFLM scoring", type(self.model).__name__)
 
-    def _kept_logits(self, inps: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Logits ``[keep.sum(), vocab]`` at the ``True`` positions of ``keep``, in row-major order.
+    def _continuation_logits(self, inps: torch.Tensor, inplens: list[int], contlens: list[int]) -> torch.Tensor:
+        """Logits ``[sum(contlens), vocab]``: row i of ``inps`` at positions ``[inplens[i] - contlens[i], inplens[i])``.
 
-        Same no-grad/autocast context and model call as stock ``_model_call``, plus the mask.
+        Those are the positions stock keeps (``_select_cont_toks``), in the same order. The model
+        call is stock ``_model_call``'s plus a boolean ``logits_to_keep`` mask, kept on the CPU so
+        that it indexes hidden states on any device (also a model spread over several GPUs).
         """
+        positions = torch.arange(inps.shape[1]).unsqueeze(0)
+        ends = torch.tensor(inplens).unsqueeze(1)
+        keep = (positions >= ends - torch.tensor(contlens).unsqueeze(1)) & (positions < ends)
         with (
             torch.no_grad(),
             torch.autocast(
@@ -68,7 +73,13 @@ class FastHFLM(HFLM):
                 enabled=self.mixed_precision_dtype is not None,
             ),
         ):
-            return self.model(inps, logits_to_keep=keep).logits
+            logits = self.model(inps, logits_to_keep=keep).logits
+        if logits.ndim != 2 or logits.shape[0] != sum(contlens):
+            raise RuntimeError(
+                f"{type(self.model).__name__} ignored a boolean logits_to_keep mask (got logits of shape "
+                f"{tuple(logits.shape)}); use fast=False"
+            )
+        return logits
 
     def _loglikelihood_tokens(
         self,
@@ -124,31 +135,31 @@ class FastHFLM(HFLM):
                     )
                 )
             inplens = [len(inp) for inp in inps]
-            contlens = [len(cont) for _, _, cont in chunk]
-            batched_inps = pad_and_concat(max(inplens), inps, padding_side="right")
-            # Row i predicts its continuation at positions [inplen - contlen, inplen), as stock slices.
-            positions = torch.arange(batched_inps.shape[1]).unsqueeze(0)
-            ends = torch.tensor(inplens).unsqueeze(1)
-            keep = (positions >= ends - torch.tensor(contlens).unsqueeze(1)) & (positions < ends)
-            kept = self._kept_logits(batched_inps, keep.to(self.device))
-            assert kept.shape[0] == sum(contlens), "model did not honour a boolean logits_to_keep mask"
-            multi_logits = F.log_softmax(kept, dim=-1, dtype=self.softmax_dtype).split(contlens)
-            for (request_str, ctx_tokens, _), cont_toks, logits in zip(chunk, [c for _, _, c in chunk], multi_logits, strict=True):
+            contlens = [len(continuation_enc) for _, _, continuation_enc in chunk]
+            batched_inps = pad_and_concat(max(inplens), inps, padding_side="right")  # [batch, padding_len_inp]
+            multi_logits = F.log_softmax(
+                self._continuation_logits(batched_inps, inplens, contlens),
+                dim=-1,
+                dtype=self.softmax_dtype,
+            ).split(contlens)  # per request [contlen, vocab]
+            for (request_str, ctx_tokens, cont_toks), logits in zip(chunk, multi_logits, strict=True):
                 logits = logits.unsqueeze(0)  # [1, contlen, vocab]
                 greedy_tokens = logits.argmax(dim=-1)
-                for request_str, cont_toks, logits in re_ord.get_cache(
+                # As stock: one-token continuations sharing context+continuation[:-1] reuse these logits.
+                for member_str, member_toks, member_logits in re_ord.get_cache(
                     req_str=request_str,
                     cxt_toks=ctx_tokens,
                     cont_toks=cont_toks,
                     logits=logits,
                 ):
-                    cont_toks = torch.tensor(cont_toks, dtype=torch.long, device=self.device).unsqueeze(0)
-                    max_equal = (greedy_tokens[:, -cont_toks.shape[1] :] == cont_toks).all()
-                    logits = torch.gather(logits, 2, cont_toks.unsqueeze(-1)).squeeze(-1)
-                    answer = (float(logits.sum()), bool(max_equal))
+                    target = torch.tensor(member_toks, dtype=torch.long, device=self.device).unsqueeze(0)
+                    max_equal = (greedy_tokens[:, -target.shape[1] :] == target).all()
+                    token_logprobs = torch.gather(member_logits, 2, target.unsqueeze(-1)).squeeze(-1)
+                    answer = (float(token_logprobs.sum()), bool(max_equal))
                     res.append(answer)
-                    if request_str is not None:
-                        self.cache_hook.add_partial("loglikelihood", request_str, answer)
+                    if member_str is not None:
+                        # loglikelihood_rolling's windows have no key; it caches per document itself.
+                        self.cache_hook.add_partial("loglikelihood", member_str, answer)
                     pbar.update(1)
         pbar.close()
         return re_ord.get_original(res)

@@ -75,17 +75,18 @@ def run_sweep(loaded: LoadedModel, settings: SweepSettings, eval_settings: EvalS
     out_dir = Path(out_dir)
     scores = scores_for(loaded, settings, out_dir / f"scores_{Path(settings.calibration).stem}.json", progress)
     prunings = plan(scores, settings)
+    cache = out_dir / "evaluations"  # kept beside the results, so committed results make reruns cheap
     distinct = {(p.granularity, tuple(p.layers)) if p.layers else ("dense", ()) for p in prunings.values()}
     results, params = {}, {}
     dense_params = count_parameters(loaded.model)
     for key in tqdm(sorted(distinct), desc="evaluating prunings", unit="pruning", disable=not progress):
         granularity, layers = key
         if granularity == "dense":
-            results[key], params[key] = evaluate(loaded, eval_settings), dense_params
+            results[key], params[key] = evaluate(loaded, eval_settings, cache=cache), dense_params
             continue
         pruning = Pruning(granularity, list(layers))
         with temporarily_pruned(loaded.model, pruning) as report:
-            results[key], params[key] = evaluate(loaded, eval_settings, pruning), report["params_after"]
+            results[key], params[key] = evaluate(loaded, eval_settings, pruning, cache), report["params_after"]
     rows = []
     for (method, granularity, k), pruning in prunings.items():
         key = (granularity, tuple(pruning.layers)) if pruning.layers else ("dense", ())

@@ -1,0 +1,380 @@
+"""The book's figures: one function per figure, each returning a matplotlib :class:`~matplotlib.figure.Figure`.
+
+Figures are built without pyplot's global state (so a notebook shows each exactly once, where its cell
+returns it) under one style. Every figure has axis labels, a legend where it shows more than one
+series, a title and a caption line below the axes naming model, calibration set, sample counts and
+evaluation limits (passed in by the caller; see :meth:`companion.analysis.Run.caption`).
+:func:`save_figure` writes PNG and SVG without timestamps, so reruns give identical files.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import textwrap
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+METHOD_LABELS = {"knn": "KNN entropy", "bucket": "Bucket entropy", "renyi": "Rényi entropy",
+                 "cosine": "Cosine (1 − cos)", "angular": "Angular distance"}
+METHOD_COLORS = {"knn": "#0072B2", "bucket": "#009E73", "renyi": "#CC79A7", "cosine": "#D55E00",
+                 "angular": "#E69F00"}
+METHOD_MARKERS = {"knn": "o", "bucket": "s", "renyi": "^", "cosine": "D", "angular": "v"}
+GRANULARITY_LABELS = {"attn": "attention blocks", "mlp": "MLP blocks", "layer": "whole layers"}
+CALIBRATION_STYLES = ["-", "--", ":", "-."]
+STYLE = {
+    **sns.axes_style("whitegrid"),
+    "font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 8.5,
+    "xtick.labelsize": 9, "ytick.labelsize": 9, "figure.titlesize": 12, "svg.hashsalt": "companion",
+    "figure.dpi": 100,
+}
+CAPTION_SIZE = 8
+
+
+def label(method: str) -> str:
+    """Display name of a method."""
+    return METHOD_LABELS.get(method, method)
+
+
+def color(method: str) -> str:
+    """The colour a method has in every figure."""
+    return METHOD_COLORS.get(method, "0.3")
+
+
+def _styled(function):
+    """Build the figure under :data:`STYLE` (rc parameters are read when artists are created)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(STYLE), warnings.catch_warnings():
+            # seaborn 0.13 calls a colormap method matplotlib has marked for deprecation
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def _figure(nrows: int = 1, ncols: int = 1, width: float = 6.4, height: float = 4.0, **kwargs):
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
+    return fig, axes
+
+
+def _finish(fig: Figure, title: str, caption: str) -> Figure:
+    """Title above, caption (wrapped to the figure width) below the axes; saved with a tight bbox."""
+    fig.suptitle(title)
+    if caption:
+        width = max(40, int(fig.get_figwidth() * 15))
+        text = "\n".join(textwrap.fill(part, width) for part in caption.split("\n"))
+        fig.text(0.01, 0.0, text, ha="left", va="top", fontsize=CAPTION_SIZE, color="0.25")
+    return fig
+
+
+def save_figure(fig: Figure, path_stem: str | Path, dpi: int = 150) -> list[Path]:
+    """Write ``path_stem.png`` (``dpi``) and ``path_stem.svg``; returns both paths."""
+    stem = Path(path_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    with matplotlib.rc_context({"svg.hashsalt": "companion"}):
+        fig.savefig(paths[0], dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+        fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    return paths
+
+
+def _k_axis(ax, ks: Sequence[int]) -> None:
+    ks = sorted(set(int(k) for k in ks))
+    ax.set_xticks(ks)
+    ax.set_xlabel("dropped blocks K")
+
+
+# ---------------------------------------------------------------- 1. entropy by depth
+
+@_styled
+def entropy_profile_figure(bands: Mapping[str, pd.DataFrame], stages: Mapping[str, int], *, title: str,
+                           caption: str, normalised: bool = True, level: float = 0.95) -> Figure:
+    """Entropy at every block boundary per estimator (``bands``: estimator -> boundary, mean, lo, hi),
+    with the bootstrap band and a dashed line where each estimator's compression stage ends."""
+    fig, axes = _figure(width=7.0, height=4.2)
+    ax = axes[0, 0]
+    for method, band in bands.items():
+        ax.plot(band["boundary"], band["mean"], marker=METHOD_MARKERS.get(method, "o"), ms=3.5, color=color(method),
+                label=label(method))
+        ax.fill_between(band["boundary"], band["lo"], band["hi"], color=color(method), alpha=0.2, lw=0)
+        if method in stages:
+            ax.axvline(stages[method], color=color(method), ls="--", lw=1)
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [matplotlib.patches.Patch(color="0.6", alpha=0.35), Line2D([], [], color="0.3", ls="--", lw=1)]
+    labels += [f"{level:.0%} bootstrap band over samples", "end of compression stage"]
+    ax.legend(handles, labels, loc="best")
+    ax.set_xlabel("block boundary (0 = embeddings, i = output of layer i)")
+    ax.set_ylabel("entropy, min–max scaled to [0, 1]" if normalised else "entropy (nats)")
+    num = max(len(b) for b in bands.values())
+    ax.set_xticks(range(0, num, max(1, num // 16)))
+    return _finish(fig, title, caption)
+
+
+@_styled
+def delta_heatmap_figure(matrices: Mapping[str, pd.DataFrame], *, title: str, caption: str,
+                         value_label: str = "ΔH = H(out) − H(in) (nats)") -> Figure:
+    """Heatmaps of ΔH, layers across and granularities down, one panel per estimator (own colour scale,
+    centred at zero: red adds entropy, blue removes it)."""
+    n = len(matrices)
+    num_layers = max(len(m) for m in matrices.values())
+    fig, axes = _figure(n, 1, width=max(6.4, 0.32 * num_layers + 2), height=1.3 + 1.5 * n)
+    for ax, (method, matrix) in zip(axes[:, 0], matrices.items()):
+        data = matrix.T
+        bound = float(np.nanmax(np.abs(data.to_numpy()))) or 1.0
+        sns.heatmap(data, ax=ax, cmap="RdBu_r", center=0, vmin=-bound, vmax=bound, linewidths=0.4, linecolor="white",
+                    cbar_kws={"label": value_label, "shrink": 0.9},
+                    yticklabels=[GRANULARITY_LABELS.get(g, g) for g in data.index])
+        ax.set_title(label(method))
+        ax.set_xlabel("layer")
+        ax.set_ylabel("granularity")
+        ax.tick_params(axis="y", rotation=0)
+    return _finish(fig, title, caption)
+
+
+# ---------------------------------------------------------------- 2. accuracy vs pruning
+
+def _series_styles(frame: pd.DataFrame) -> dict[str, str]:
+    calibrations = list(dict.fromkeys(frame["calibration"])) if "calibration" in frame else []
+    return {c: CALIBRATION_STYLES[i % len(CALIBRATION_STYLES)] for i, c in enumerate(calibrations)}
+
+
+@_styled
+def accuracy_figure(acc: pd.DataFrame, *, methods: Sequence[str], granularities: Sequence[str], title: str,
+                    caption: str, y: str = "mean", dense: float | None = None) -> Figure:
+    """Mean accuracy (``y="mean"``) or retention in % of dense (``y="retention"``) against K, one panel per
+    granularity, one line per method (and line style per calibration set if there are several), error
+    bars of ±1 standard error, a dotted reference line for the dense model."""
+    styles = _series_styles(acc)
+    several = len(styles) > 1
+    fig, axes = _figure(1, len(granularities), width=4.2 * len(granularities) + 0.6, height=4.0, sharey=True)
+    error = "stderr" if y == "mean" else "retention_stderr"
+    for ax, granularity in zip(axes[0], granularities):
+        for method in methods:
+            for calibration, ls in styles.items():
+                rows = acc[(acc["method"] == method) & (acc["granularity"] == granularity)
+                           & (acc["calibration"] == calibration)].sort_values("K")
+                if rows.empty:
+                    continue
+                ax.errorbar(rows["K"], rows[y], yerr=rows[error].fillna(0), color=color(method), ls=ls,
+                            marker=METHOD_MARKERS.get(method, "o"), ms=4, capsize=3, lw=1.4,
+                            label=label(method) + (f" ({calibration})" if several else ""))
+        reference = 100.0 if y == "retention" else dense
+        if reference is not None and not math.isnan(reference):
+            ax.axhline(reference, color="0.2", ls=":", lw=1.2, label="dense model")
+        ax.set_title(GRANULARITY_LABELS.get(granularity, granularity))
+        _k_axis(ax, acc["K"])
+        ax.legend(loc="lower left")
+    axes[0, 0].set_ylabel("mean accuracy over tasks" if y == "mean" else "retention (% of dense accuracy)")
+    return _finish(fig, title, caption)
+
+
+@_styled
+def task_figure(tasks: pd.DataFrame, *, methods: Sequence[str], granularities: Sequence[str], title: str,
+                caption: str) -> Figure:
+    """Small multiples: accuracy of each task (columns) against K per granularity (rows), ±1 s.e."""
+    names = sorted(tasks["task"].unique())
+    fig, axes = _figure(len(granularities), len(names), width=max(4.5, 2.6 * len(names) + 0.8),
+                        height=2.4 * len(granularities) + 0.8, sharex=True)
+    for row, granularity in enumerate(granularities):
+        for col, task in enumerate(names):
+            ax = axes[row, col]
+            for method in methods:
+                rows = tasks[(tasks["method"] == method) & (tasks["granularity"] == granularity)
+                             & (tasks["task"] == task)].sort_values("K")
+                if not rows.empty:
+                    ax.errorbar(rows["K"], rows["value"], yerr=rows["stderr"].fillna(0), color=color(method),
+                                marker=METHOD_MARKERS.get(method, "o"), ms=3, capsize=2, lw=1.2, label=label(method))
+            metric = tasks.loc[tasks["task"] == task, "metric"].iloc[0]
+            ax.set_title(f"{task} ({GRANULARITY_LABELS.get(granularity, granularity)})", fontsize=9)
+            ax.set_ylabel(metric if col == 0 else metric, fontsize=8)
+            _k_axis(ax, tasks["K"])
+    handles = [Line2D([], [], color=color(m), marker=METHOD_MARKERS.get(m, "o"), label=label(m)) for m in methods]
+    fig.legend(handles=handles, loc="outside upper center", ncols=len(methods))
+    return _finish(fig, title, caption)
+
+
+@_styled
+def perplexity_figure(ppl: pd.DataFrame, *, methods: Sequence[str], granularities: Sequence[str], title: str,
+                      caption: str) -> Figure:
+    """WikiText-2 perplexity against K (log scale), one panel per granularity, one line per method."""
+    fig, axes = _figure(1, len(granularities), width=4.2 * len(granularities) + 0.6, height=3.8, sharey=True)
+    for ax, granularity in zip(axes[0], granularities):
+        for method in methods:
+            rows = ppl[(ppl["method"] == method) & (ppl["granularity"] == granularity)].sort_values("K")
+            if not rows.empty:
+                ax.plot(rows["K"], rows["perplexity"], color=color(method), marker=METHOD_MARKERS.get(method, "o"),
+                        ms=4, lw=1.4, label=label(method))
+        dense = ppl.loc[ppl["K"] == 0, "perplexity"]
+        if len(dense):
+            ax.axhline(float(dense.iloc[0]), color="0.2", ls=":", lw=1.2, label="dense model")
+        ax.set_yscale("log")
+        ax.set_title(GRANULARITY_LABELS.get(granularity, granularity))
+        _k_axis(ax, ppl["K"])
+        ax.legend(loc="upper left")
+    axes[0, 0].set_ylabel("WikiText-2 perplexity (log scale)")
+    return _finish(fig, title, caption)
+
+
+# ---------------------------------------------------------------- 3. entropy vs cosine
+
+@_styled
+def scatter_figure(pairs: pd.DataFrame, correlations: Mapping[str, Mapping[str, float]], *, x_label: str,
+                   y_label: str, title: str, caption: str, protected: Sequence[int] = ()) -> Figure:
+    """Per-block scatter of two scores (``pairs``: layer, granularity, x, y), one panel per granularity,
+    points labelled by layer, Spearman ρ and Kendall τ in each panel's title; ``protected`` layers (the
+    entropy criterion's compression stage, never dropped) are drawn hollow."""
+    granularities = list(dict.fromkeys(pairs["granularity"]))
+    fig, axes = _figure(1, len(granularities), width=4.2 * len(granularities) + 0.4, height=4.0)
+    for ax, granularity in zip(axes[0], granularities):
+        rows = pairs[pairs["granularity"] == granularity]
+        kept = rows[~rows["layer"].isin(protected)]
+        held = rows[rows["layer"].isin(protected)]
+        ax.scatter(kept["x"], kept["y"], s=28, color=color("knn"), label="prunable block")
+        if len(held):
+            ax.scatter(held["x"], held["y"], s=28, facecolors="none", edgecolors=color("knn"),
+                       label="compression stage (protected)")
+        for _, row in rows.iterrows():
+            ax.annotate(str(int(row["layer"])), (row["x"], row["y"]), xytext=(3, 2), textcoords="offset points",
+                        fontsize=7, color="0.3")
+        c = correlations.get(granularity, {})
+        ax.set_title(f"{GRANULARITY_LABELS.get(granularity, granularity)}\n"
+                     f"Spearman ρ = {c.get('spearman', float('nan')):.2f}, Kendall τ = {c.get('kendall', float('nan')):.2f}",
+                     fontsize=10)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
+        ax.legend(loc="best")
+    return _finish(fig, title, caption)
+
+
+@_styled
+def overlap_figure(overlaps: Mapping[str, pd.DataFrame], *, title: str, caption: str,
+                   marked: Sequence[int] = ()) -> Figure:
+    """Jaccard overlap of the K-block drop sets of two criteria against K, one line per granularity;
+    ``marked`` K (the sweep's drop counts) are highlighted."""
+    fig, axes = _figure(width=6.4, height=3.8)
+    ax = axes[0, 0]
+    markers = {"attn": "o", "mlp": "s", "layer": "^"}
+    for granularity, table in overlaps.items():
+        line, = ax.plot(table["K"], table["jaccard"], marker=markers.get(granularity, "o"), ms=4, lw=1.4,
+                        label=GRANULARITY_LABELS.get(granularity, granularity))
+        hit = table[table["K"].isin(marked)]
+        ax.scatter(hit["K"], hit["jaccard"], s=80, facecolors="none", edgecolors=line.get_color(), lw=1.5)
+    ax.scatter([], [], s=80, facecolors="none", edgecolors="0.3", label="K evaluated in the sweep")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("dropped blocks K")
+    ax.set_ylabel("Jaccard overlap |A ∩ B| / |A ∪ B|")
+    ax.legend(loc="lower right")
+    return _finish(fig, title, caption)
+
+
+# ---------------------------------------------------------------- 4. estimators
+
+@_styled
+def rank_heatmap_figure(ranks: Mapping[str, pd.DataFrame], *, title: str, caption: str) -> Figure:
+    """Each layer's position in each method's drop order (1 = dropped first; blank = protected), one
+    panel per granularity, layers across and methods down."""
+    n = len(ranks)
+    num_layers = max(len(r) for r in ranks.values())
+    fig, axes = _figure(n, 1, width=max(6.4, 0.34 * num_layers + 2), height=1.2 + 0.45 * max(len(r.columns) for r in
+                                                                                             ranks.values()) * n + n)
+    for ax, (granularity, table) in zip(axes[:, 0], ranks.items()):
+        data = table.T
+        sns.heatmap(data, ax=ax, cmap="viridis", annot=num_layers <= 36, fmt=".0f", annot_kws={"fontsize": 6.5},
+                    cbar_kws={"label": "drop rank (1 = first)", "shrink": 0.9},
+                    yticklabels=[label(m) for m in data.index], linewidths=0.4, linecolor="white")
+        ax.set_title(GRANULARITY_LABELS.get(granularity, granularity))
+        ax.set_xlabel("layer")
+        ax.set_ylabel("method")
+        ax.tick_params(axis="y", rotation=0)
+    return _finish(fig, title, caption)
+
+
+@_styled
+def correlation_heatmap_figure(matrices: Mapping[str, pd.DataFrame], *, title: str, caption: str,
+                               value_label: str = "Spearman ρ of per-layer scores") -> Figure:
+    """Pairwise rank-correlation matrices of methods, one panel per granularity, annotated."""
+    n = len(matrices)
+    size = max(len(m) for m in matrices.values())
+    fig, axes = _figure(1, n, width=(1.0 + 0.9 * size) * n + 1.2, height=1.4 + 0.8 * size)
+    for i, (ax, (granularity, matrix)) in enumerate(zip(axes[0], matrices.items())):
+        names = [label(m) for m in matrix.index]
+        sns.heatmap(matrix.astype(float), ax=ax, vmin=-1, vmax=1, cmap="RdBu_r", center=0, annot=True, fmt=".2f",
+                    square=True, xticklabels=names, yticklabels=names, cbar=i == n - 1,
+                    cbar_kws={"label": value_label, "shrink": 0.8})
+        ax.set_title(GRANULARITY_LABELS.get(granularity, granularity))
+        ax.set_xlabel("method")
+        ax.set_ylabel("method" if i == 0 else "")
+        ax.tick_params(axis="x", rotation=30)
+        ax.tick_params(axis="y", rotation=0)
+    return _finish(fig, title, caption)
+
+
+# ---------------------------------------------------------------- 5. calibration
+
+@_styled
+def calibration_profile_figure(bands: Mapping[str, Mapping[str, pd.DataFrame]], *, title: str, caption: str,
+                               level: float = 0.95) -> Figure:
+    """Entropy profiles per calibration set (``bands``: calibration -> estimator -> band), one panel
+    per estimator, min–max scaled per estimator over all calibration sets together."""
+    estimators = list(dict.fromkeys(e for per_cal in bands.values() for e in per_cal))
+    fig, axes = _figure(1, len(estimators), width=3.6 * len(estimators) + 0.6, height=3.8, sharey=True)
+    for ax, estimator in zip(axes[0], estimators):
+        for i, (calibration, per_cal) in enumerate(bands.items()):
+            band = per_cal.get(estimator)
+            if band is None:
+                continue
+            ls = CALIBRATION_STYLES[i % len(CALIBRATION_STYLES)]
+            ax.plot(band["boundary"], band["mean"], color=color(estimator), ls=ls, marker=".", label=calibration)
+            ax.fill_between(band["boundary"], band["lo"], band["hi"], color=color(estimator), alpha=0.15, lw=0)
+        ax.set_title(label(estimator))
+        ax.set_xlabel("block boundary")
+        ax.legend(title=f"calibration ({level:.0%} band)", loc="best")
+    axes[0, 0].set_ylabel("entropy, min–max scaled to [0, 1]")
+    return _finish(fig, title, caption)
+
+
+# ---------------------------------------------------------------- 6. speed
+
+@_styled
+def speed_figure(speed: pd.DataFrame, *, title: str, caption: str) -> Figure:
+    """Measured prefill and decode speedup against K (solid, min–max over timed runs) beside the
+    FLOP-proportional expectation (dashed), one line colour per granularity; absolute throughput below."""
+    fig, axes = _figure(2, 2, width=9.0, height=7.0, sharex=True)
+    colors = {"attn": "#0072B2", "mlp": "#009E73", "layer": "#D55E00"}
+    for col, phase in enumerate(("prefill", "decode")):
+        top, bottom = axes[0, col], axes[1, col]
+        for granularity, rows in speed.groupby("granularity", sort=False):
+            rows = rows.sort_values("K")
+            c = colors.get(granularity, "0.3")
+            name = GRANULARITY_LABELS.get(granularity, granularity)
+            measured = rows[f"measured_speedup_{phase}"]
+            err = [measured - rows[f"measured_speedup_{phase}_lo"], rows[f"measured_speedup_{phase}_hi"] - measured]
+            top.errorbar(rows["K"], measured, yerr=np.clip(np.asarray(err, dtype=float), 0, None), color=c, marker="o",
+                         ms=4, capsize=3, label=f"{name}: measured")
+            top.plot(rows["K"], rows[f"expected_speedup_{phase}"], color=c, ls="--", marker="x", ms=5,
+                     label=f"{name}: FLOP-proportional")
+            tps = rows[f"{phase}_tps"]
+            bottom.errorbar(rows["K"], tps, yerr=np.clip(np.asarray([tps - rows[f"{phase}_tps_lo"],
+                                                                      rows[f"{phase}_tps_hi"] - tps], dtype=float), 0, None),
+                            color=c, marker="o", ms=4, capsize=3, label=name)
+        top.axhline(1.0, color="0.2", ls=":", lw=1)
+        top.set_title(f"{phase}: speedup over the dense model")
+        top.set_ylabel("speedup (×)")
+        top.legend(loc="upper left")
+        bottom.set_title(f"{phase}: throughput")
+        bottom.set_ylabel("tokens / s")
+        bottom.set_ylim(bottom=0)
+        _k_axis(bottom, speed["K"])
+        bottom.legend(loc="lower left")
+    return _finish(fig, title, caption)

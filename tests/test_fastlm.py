@@ -1,0 +1,107 @@
+"""FastHFLM gives stock HFLM's log-likelihoods and greedy flags, on tiny random models built here."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import transformers
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+from companion.fastlm import FastHFLM, make_lm
+
+WORDS = [f"w{i}" for i in range(300)]
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+VOCAB = 320
+MAX_LENGTH = 24
+TOL = 1e-4
+
+_TINY = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=8, initializer_range=0.5,
+             pad_token_id=0, bos_token_id=1, eos_token_id=2)
+CONFIGS = {
+    "llama": lambda: transformers.LlamaConfig(**_TINY),
+    "gemma2": lambda: transformers.Gemma2Config(**_TINY, final_logit_softcapping=3.0, sliding_window=8),
+    "gemma3": lambda: transformers.Gemma3TextConfig(**_TINY, final_logit_softcapping=3.0, sliding_window=8),
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A word-level tokenizer over ``WORDS`` (ids 4..303), made without any download."""
+    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", bos_token="<bos>",
+                                                eos_token="<eos>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module", params=sorted(CONFIGS))
+def model(request) -> transformers.PreTrainedModel:
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(CONFIGS[request.param]()).eval()
+
+
+def _text(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def _greedy_continuation(model: transformers.PreTrainedModel, tokenizer, context: str, n: int) -> str:
+    """The model's own greedy ``n``-word continuation of ``context`` (so some requests are greedy)."""
+    ids = tokenizer(context, return_tensors="pt").input_ids
+    with torch.no_grad():
+        for _ in range(n):
+            scores = model(ids).logits[0, -1, 4 : 4 + len(WORDS)]
+            ids = torch.cat([ids, torch.tensor([[4 + int(scores.argmax())]])], dim=1)
+    return " " + tokenizer.decode(ids[0, -n:])
+
+
+def _requests(model: transformers.PreTrainedModel, tokenizer) -> list[Instance]:
+    rng = random.Random(0)
+    pairs = []
+    for _ in range(3):  # multiple choice: one context, several multi-token continuations
+        context = _text(rng, rng.randint(3, 12))
+        pairs += [(context, " " + _text(rng, rng.randint(1, 6))) for _ in range(4)]
+    for _ in range(2):  # one-token continuations of one context: stock reuses one forward pass
+        context = _text(rng, rng.randint(2, 8))
+        pairs += [(context, " " + word) for word in rng.sample(WORDS, 4)]
+    pairs += [(_text(rng, rng.randint(MAX_LENGTH, 2 * MAX_LENGTH)), " " + _text(rng, rng.randint(1, 8)))
+              for _ in range(4)]  # truncated from the left at max_length
+    pairs += [(_text(rng, 5), _greedy_continuation(model, tokenizer, _text(rng, 5), 3)) for _ in range(2)]
+    context = _text(rng, 6)
+    pairs.append((context, _greedy_continuation(model, tokenizer, context, 4)))
+    return [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
+
+
+def _lm(model, tokenizer, fast: bool, batch_size: int) -> HFLM:
+    return make_lm(model, tokenizer, batch_size=batch_size, fast=fast, max_length=MAX_LENGTH)
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_loglikelihood_matches_stock(model, tokenizer, batch_size: int) -> None:
+    requests = _requests(model, tokenizer)
+    stock = _lm(model, tokenizer, False, batch_size).loglikelihood(requests, disable_tqdm=True)
+    fast = _lm(model, tokenizer, True, batch_size).loglikelihood(requests, disable_tqdm=True)
+    assert len(fast) == len(stock) == len(requests)
+    for (stock_ll, stock_greedy), (fast_ll, fast_greedy) in zip(stock, fast):
+        assert fast_ll == pytest.approx(stock_ll, abs=TOL)
+        assert fast_greedy == stock_greedy
+    assert any(greedy for _, greedy in stock), "no greedy request: the is_greedy check would be vacuous"
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_loglikelihood_rolling_matches_stock(model, tokenizer, batch_size: int) -> None:
+    rng = random.Random(1)
+    requests = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(_text(rng, n),), idx=i)
+                for i, n in enumerate([3, MAX_LENGTH - 1, MAX_LENGTH + 5, 3 * MAX_LENGTH])]
+    stock = _lm(model, tokenizer, False, batch_size).loglikelihood_rolling(requests, disable_tqdm=True)
+    fast = _lm(model, tokenizer, True, batch_size).loglikelihood_rolling(requests, disable_tqdm=True)
+    assert fast == pytest.approx(stock, abs=TOL)
+
+
+def test_make_lm_picks_the_class(model, tokenizer) -> None:
+    assert type(make_lm(model, tokenizer, fast=True)) is FastHFLM
+    assert type(make_lm(model, tokenizer, fast=False)) is HFLM
