@@ -81,7 +81,8 @@ def main() -> None:
         results, seconds = timed(lm, requests, warmup=args.batch_size)
         acc, acc_norm = accuracies(docs, results)
         runs[name] = (results, seconds)
-        print(f"{name:5s} wall={seconds:.2f}s requests/s={len(requests) / seconds:.2f} acc={acc:.4f} acc_norm={acc_norm:.4f}")
+        print(f"{name:5s} wall={seconds:.2f}s requests/s={len(requests) / seconds:.2f} "
+              f"acc={acc:.4f} acc_norm={acc_norm:.4f}")
     (stock, stock_s), (fast, fast_s) = runs["stock"], runs["fast"]
     max_diff = max(abs(a[0] - b[0]) for a, b in zip(stock, fast, strict=True))
     greedy_same = sum(a[1] == b[1] for a, b in zip(stock, fast, strict=True))

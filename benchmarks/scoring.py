@@ -8,6 +8,10 @@ warm-up batch; memory is the peak RSS of the child on CPU, or ``torch.cuda.max_m
 CUDA. The last line is ``time_ratio=<score/forward> memory_ratio=<score/forward>``.
 
     python benchmarks/scoring.py --samples 32 --seqlen 256 --device cpu
+
+``--random-shape llama-3.1-8b`` instead builds a randomly initialised model of that shape on the device
+and scores random token windows: the numbers are meaningless, the time and memory are real (this is how
+a GPU without Hub access checks that an 8B model with 128 x 256 windows scores on one GPU).
 """
 
 from __future__ import annotations
@@ -23,14 +27,51 @@ import time
 import torch
 
 
+SHAPES = {
+    "llama-3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                         num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
+                         rope_theta=500000.0),
+}
+
+
+def random_loaded(shape: str, device: str, dtype: str):
+    """A randomly initialised Llama of a known shape, built directly on ``device``."""
+    import transformers
+
+    from companion.models import LoadedModel, resolve_device, resolve_dtype
+
+    torch_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    torch.manual_seed(0)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)
+    try:
+        with torch_device:
+            model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**SHAPES[shape])).eval()
+    finally:
+        torch.set_default_dtype(default)
+    return LoadedModel(model, None, f"random:{shape}", "random", "random", torch_device, torch_dtype)
+
+
+def load(args: argparse.Namespace):
+    """The model and calibration windows a run measures."""
+    from companion.data import Windows, load_documents, sample_windows
+    from companion.models import load_model
+
+    if args.random_shape:
+        loaded = random_loaded(args.random_shape, args.device, args.dtype)
+        generator = torch.Generator().manual_seed(args.seed)
+        ids = torch.randint(0, loaded.model.config.vocab_size, (args.samples, args.seqlen), generator=generator)
+        return loaded, Windows(ids, [0] * args.samples, [0] * args.samples, args.seed)
+    loaded = load_model(args.model, args.device, args.dtype)
+    return loaded, sample_windows(loaded.tokenizer, load_documents(args.data), args.samples, args.seqlen, args.seed)
+
+
 def worker(args: argparse.Namespace) -> dict:
     from companion import adapters
-    from companion.data import load_documents, sample_windows
-    from companion.models import load_model
     from companion.scoring import ScoreSettings, collect
 
-    loaded = load_model(args.model, args.device, args.dtype)
-    windows = sample_windows(loaded.tokenizer, load_documents(args.data), args.samples, args.seqlen, args.seed)
+    loaded, windows = load(args)
     device = next(loaded.model.parameters()).device
     settings = ScoreSettings(batch_size=args.batch_size)
 
@@ -69,6 +110,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up run")
+    parser.add_argument("--random-shape", choices=sorted(SHAPES), help="random weights of this shape, random tokens")
     parser.add_argument("--worker", choices=["forward", "backbone", "score"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

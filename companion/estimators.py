@@ -69,7 +69,8 @@ def bucket(x: Tensor, bins: int = 80) -> Tensor:
     span = torch.where(span > 0, span, torch.ones_like(span))  # constant dimension: all tokens in bin 0
     index = ((x - lo) / span * bins).long().clamp_(0, bins - 1)  # the max goes into the last bin
     cell = torch.arange(b * d, device=x.device).view(b, 1, d) * bins  # one histogram per (sample, dim)
-    counts = torch.bincount((cell + index).flatten(), minlength=b * d * bins).view(b, d, bins)
+    flat = (cell + index).flatten()  # index_add_ rather than bincount, which syncs with the host on CUDA
+    counts = x.new_zeros(b * d * bins).index_add_(0, flat, x.new_ones(flat.numel())).view(b, d, bins)
     p = counts / n
     return -torch.special.xlogy(p, p).sum(dim=(1, 2))
 

@@ -44,16 +44,42 @@ def _group_key(req: Request) -> list[int]:
 class FastHFLM(HFLM):
     """``HFLM`` whose causal-LM log-likelihoods compute logits only at continuation positions.
 
-    Only ``_loglikelihood_tokens`` is overridden (``loglikelihood`` and
-    ``loglikelihood_rolling`` both go through it), and only for decoder-only models whose
-    ``forward`` accepts ``logits_to_keep``; any other model falls back to stock.
+    Only ``_loglikelihood_tokens`` is overridden (``loglikelihood`` and ``loglikelihood_rolling``
+    both go through it): it is the smallest piece that knows which positions are scored, since
+    stock ``_model_call`` receives only the padded token ids. It applies to decoder-only models
+    that take a boolean ``logits_to_keep`` mask (checked once, on a tiny probe); other models are
+    scored by stock code.
     """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._fast = self.backend == "causal" and "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        self._fast = self.backend == "causal" and self._honours_logits_mask()
         if not self._fast:
-            log.warning("FastHFLM: %s has no logits_to_keep; using stock HFLM scoring", type(self.model).__name__)
+            log.warning(
+                "FastHFLM: %s (%s backend, transformers %s) cannot give logits at chosen positions only; "
+                "scoring as stock HFLM",
+                type(self.model).__name__,
+                self.backend,
+                transformers.__version__,
+            )
+
+    def _honours_logits_mask(self) -> bool:
+        """Whether ``model(ids, logits_to_keep=<bool [batch, seq] mask>)`` returns logits at just the masked positions.
+
+        True for in-library models of transformers releases whose ``slice_logits_to_keep`` takes
+        boolean masks (5.24 does); older releases index ``hidden_states[:, logits_to_keep, :]``
+        and raise, as may remote-code models.
+        """
+        if "logits_to_keep" not in inspect.signature(self.model.forward).parameters:
+            return False
+        ids = torch.full((2, 3), self.prefix_token_id, dtype=torch.long, device=self.device)
+        keep = torch.tensor([[False, True, False], [True, False, True]])
+        try:
+            with torch.no_grad():
+                logits = self.model(ids, logits_to_keep=keep).logits
+        except (IndexError, TypeError, ValueError):
+            return False
+        return logits.ndim == 2 and logits.shape[0] == 3
 
     def _continuation_logits(self, inps: torch.Tensor, inplens: list[int], contlens: list[int]) -> torch.Tensor:
         """Logits ``[sum(contlens), vocab]``: row i of ``inps`` at positions ``[inplens[i] - contlens[i], inplens[i])``.
@@ -73,13 +99,7 @@ class FastHFLM(HFLM):
                 enabled=self.mixed_precision_dtype is not None,
             ),
         ):
-            logits = self.model(inps, logits_to_keep=keep).logits
-        if logits.ndim != 2 or logits.shape[0] != sum(contlens):
-            raise RuntimeError(
-                f"{type(self.model).__name__} ignored a boolean logits_to_keep mask (got logits of shape "
-                f"{tuple(logits.shape)}); use fast=False"
-            )
-        return logits
+            return self.model(inps, logits_to_keep=keep).logits
 
     def _loglikelihood_tokens(
         self,

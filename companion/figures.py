@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.patches
+import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -123,17 +125,22 @@ def entropy_profile_figure(bands: Mapping[str, pd.DataFrame], stages: Mapping[st
 
 @_styled
 def delta_heatmap_figure(matrices: Mapping[str, pd.DataFrame], *, title: str, caption: str,
-                         value_label: str = "ΔH = H(out) − H(in) (nats)") -> Figure:
+                         value_label: str = "ΔH (nats)", clip_percentile: float = 95) -> Figure:
     """Heatmaps of ΔH, layers across and granularities down, one panel per estimator (own colour scale,
-    centred at zero: red adds entropy, blue removes it)."""
+    centred at zero: red adds entropy, blue removes it). The scale ends at the ``clip_percentile``
+    percentile of |ΔH| so that one or two extreme blocks do not wash out the rest; the colour bar says
+    where it is clipped."""
     n = len(matrices)
     num_layers = max(len(m) for m in matrices.values())
     fig, axes = _figure(n, 1, width=max(6.4, 0.32 * num_layers + 2), height=1.3 + 1.5 * n)
     for ax, (method, matrix) in zip(axes[:, 0], matrices.items()):
         data = matrix.T
-        bound = float(np.nanmax(np.abs(data.to_numpy()))) or 1.0
+        magnitude = np.abs(data.to_numpy(dtype=float))
+        bound = float(np.nanpercentile(magnitude, clip_percentile)) or float(np.nanmax(magnitude)) or 1.0
+        clipped = bool(np.nanmax(magnitude) > bound)
         sns.heatmap(data, ax=ax, cmap="RdBu_r", center=0, vmin=-bound, vmax=bound, linewidths=0.4, linecolor="white",
-                    cbar_kws={"label": value_label, "shrink": 0.9},
+                    cbar_kws={"label": value_label + (f"\nclipped at ±{bound:.3g}" if clipped else ""), "shrink": 0.9,
+                              "extend": "both" if clipped else "neither"},
                     yticklabels=[GRANULARITY_LABELS.get(g, g) for g in data.index])
         ax.set_title(label(method))
         ax.set_xlabel("layer")
@@ -143,6 +150,12 @@ def delta_heatmap_figure(matrices: Mapping[str, pd.DataFrame], *, title: str, ca
 
 
 # ---------------------------------------------------------------- 2. accuracy vs pruning
+
+def _dodge(ks: pd.Series, index: int, count: int, width: float = 0.03) -> np.ndarray:
+    """K shifted sideways by a small step per series, so equal values of several series stay visible."""
+    span = max(1.0, float(ks.max() - ks.min())) if len(ks) else 1.0
+    return ks.to_numpy(dtype=float) + (index - (count - 1) / 2) * width * span
+
 
 def _series_styles(frame: pd.DataFrame) -> dict[str, str]:
     calibrations = list(dict.fromkeys(frame["calibration"])) if "calibration" in frame else []
@@ -154,19 +167,19 @@ def accuracy_figure(acc: pd.DataFrame, *, methods: Sequence[str], granularities:
                     caption: str, y: str = "mean", dense: float | None = None) -> Figure:
     """Mean accuracy (``y="mean"``) or retention in % of dense (``y="retention"``) against K, one panel per
     granularity, one line per method (and line style per calibration set if there are several), error
-    bars of ±1 standard error, a dotted reference line for the dense model."""
+    bars of ±1 standard error, a dotted reference line for the dense model. Series are shifted sideways
+    by a small step so that equal values stay visible."""
     styles = _series_styles(acc)
     several = len(styles) > 1
     fig, axes = _figure(1, len(granularities), width=4.2 * len(granularities) + 0.6, height=4.0, sharey=True)
     error = "stderr" if y == "mean" else "retention_stderr"
+    series = [(m, c, ls) for m in methods for c, ls in styles.items()]
     for ax, granularity in zip(axes[0], granularities):
-        for method in methods:
-            for calibration, ls in styles.items():
-                rows = acc[(acc["method"] == method) & (acc["granularity"] == granularity)
-                           & (acc["calibration"] == calibration)].sort_values("K")
-                if rows.empty:
-                    continue
-                ax.errorbar(rows["K"], rows[y], yerr=rows[error].fillna(0), color=color(method), ls=ls,
+        for index, (method, calibration, ls) in enumerate(series):
+            rows = acc[(acc["method"] == method) & (acc["granularity"] == granularity)
+                       & (acc["calibration"] == calibration)].sort_values("K")
+            if not rows.empty:
+                ax.errorbar(_dodge(rows["K"], index, len(series)), rows[y], yerr=rows[error].fillna(0), color=color(method), ls=ls,
                             marker=METHOD_MARKERS.get(method, "o"), ms=4, capsize=3, lw=1.4,
                             label=label(method) + (f" ({calibration})" if several else ""))
         reference = 100.0 if y == "retention" else dense
@@ -189,18 +202,20 @@ def task_figure(tasks: pd.DataFrame, *, methods: Sequence[str], granularities: S
     for row, granularity in enumerate(granularities):
         for col, task in enumerate(names):
             ax = axes[row, col]
-            for method in methods:
+            for index, method in enumerate(methods):
                 rows = tasks[(tasks["method"] == method) & (tasks["granularity"] == granularity)
                              & (tasks["task"] == task)].sort_values("K")
                 if not rows.empty:
-                    ax.errorbar(rows["K"], rows["value"], yerr=rows["stderr"].fillna(0), color=color(method),
+                    ax.errorbar(_dodge(rows["K"], index, len(methods)), rows["value"], yerr=rows["stderr"].fillna(0), color=color(method),
                                 marker=METHOD_MARKERS.get(method, "o"), ms=3, capsize=2, lw=1.2, label=label(method))
             metric = tasks.loc[tasks["task"] == task, "metric"].iloc[0]
             ax.set_title(f"{task} ({GRANULARITY_LABELS.get(granularity, granularity)})", fontsize=9)
-            ax.set_ylabel(metric if col == 0 else metric, fontsize=8)
+            ax.set_ylabel(metric, fontsize=8)
             _k_axis(ax, tasks["K"])
+            if row < len(granularities) - 1:
+                ax.set_xlabel("")
     handles = [Line2D([], [], color=color(m), marker=METHOD_MARKERS.get(m, "o"), label=label(m)) for m in methods]
-    fig.legend(handles=handles, loc="outside upper center", ncols=len(methods))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(methods))
     return _finish(fig, title, caption)
 
 
@@ -219,6 +234,9 @@ def perplexity_figure(ppl: pd.DataFrame, *, methods: Sequence[str], granularitie
         if len(dense):
             ax.axhline(float(dense.iloc[0]), color="0.2", ls=":", lw=1.2, label="dense model")
         ax.set_yscale("log")
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
         ax.set_title(GRANULARITY_LABELS.get(granularity, granularity))
         _k_axis(ax, ppl["K"])
         ax.legend(loc="upper left")
@@ -272,6 +290,7 @@ def overlap_figure(overlaps: Mapping[str, pd.DataFrame], *, title: str, caption:
         ax.scatter(hit["K"], hit["jaccard"], s=80, facecolors="none", edgecolors=line.get_color(), lw=1.5)
     ax.scatter([], [], s=80, facecolors="none", edgecolors="0.3", label="K evaluated in the sweep")
     ax.set_ylim(-0.03, 1.03)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("dropped blocks K")
     ax.set_ylabel("Jaccard overlap |A ∩ B| / |A ∪ B|")
     ax.legend(loc="lower right")
@@ -338,6 +357,7 @@ def calibration_profile_figure(bands: Mapping[str, Mapping[str, pd.DataFrame]], 
             ax.plot(band["boundary"], band["mean"], color=color(estimator), ls=ls, marker=".", label=calibration)
             ax.fill_between(band["boundary"], band["lo"], band["hi"], color=color(estimator), alpha=0.15, lw=0)
         ax.set_title(label(estimator))
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("block boundary")
         ax.legend(title=f"calibration ({level:.0%} band)", loc="best")
     axes[0, 0].set_ylabel("entropy, min–max scaled to [0, 1]")

@@ -220,6 +220,7 @@ def test_headline_k_and_verdicts():
     assert analysis.threshold_verdict(93.1, 95).startswith("not reached")
     assert analysis.speedup_efficiency(1.18, 1.2) == pytest.approx(0.9)
     assert analysis.speed_verdict(0.9).startswith("near-linear") and analysis.speed_verdict(-0.1).startswith("no")
+    assert analysis.speed_verdict(1.5).startswith("beyond") and analysis.speed_verdict(0.5).startswith("sub-linear")
 
 
 def test_native_values_for_glue():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -27,6 +28,7 @@ CONFIGS = {
     "gemma2": lambda: transformers.Gemma2Config(**_TINY, final_logit_softcapping=3.0, sliding_window=8),
     "gemma3": lambda: transformers.Gemma3TextConfig(**_TINY, final_logit_softcapping=3.0, sliding_window=8),
 }
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.fixture(scope="module")
@@ -39,10 +41,12 @@ def tokenizer() -> transformers.PreTrainedTokenizerFast:
                                                 eos_token="<eos>", unk_token="<unk>")
 
 
-@pytest.fixture(scope="module", params=sorted(CONFIGS))
+@pytest.fixture(scope="module", params=[(arch, device) for arch in sorted(CONFIGS) for device in DEVICES],
+                ids="-".join)
 def model(request) -> transformers.PreTrainedModel:
+    arch, device = request.param
     torch.manual_seed(0)
-    return transformers.AutoModelForCausalLM.from_config(CONFIGS[request.param]()).eval()
+    return transformers.AutoModelForCausalLM.from_config(CONFIGS[arch]()).eval().to(device)
 
 
 def _text(rng: random.Random, n: int) -> str:
@@ -51,11 +55,11 @@ def _text(rng: random.Random, n: int) -> str:
 
 def _greedy_continuation(model: transformers.PreTrainedModel, tokenizer, context: str, n: int) -> str:
     """The model's own greedy ``n``-word continuation of ``context`` (so some requests are greedy)."""
-    ids = tokenizer(context, return_tensors="pt").input_ids
+    ids = tokenizer(context, return_tensors="pt").input_ids.to(model.device)
     with torch.no_grad():
         for _ in range(n):
             scores = model(ids).logits[0, -1, 4 : 4 + len(WORDS)]
-            ids = torch.cat([ids, torch.tensor([[4 + int(scores.argmax())]])], dim=1)
+            ids = torch.cat([ids, 4 + scores.argmax().view(1, 1)], dim=1)
     return " " + tokenizer.decode(ids[0, -n:])
 
 
@@ -102,6 +106,23 @@ def test_loglikelihood_rolling_matches_stock(model, tokenizer, batch_size: int) 
     assert fast == pytest.approx(stock, abs=TOL)
 
 
-def test_make_lm_picks_the_class(model, tokenizer) -> None:
-    assert type(make_lm(model, tokenizer, fast=True)) is FastHFLM
+def test_make_lm_picks_the_class(model, tokenizer, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="companion.fastlm"):
+        assert type(make_lm(model, tokenizer, fast=True)) is FastHFLM
+    assert "scoring as stock" not in caplog.text, "the tiny models must take the fast path"
     assert type(make_lm(model, tokenizer, fast=False)) is HFLM
+
+
+def test_model_without_logits_mask_is_scored_as_stock(tokenizer, monkeypatch, caplog) -> None:
+    """transformers releases before boolean ``logits_to_keep`` masks index ``hidden_states[:, logits_to_keep, :]``."""
+    from transformers.models.llama import modeling_llama
+
+    monkeypatch.setattr(modeling_llama, "slice_logits_to_keep",
+                        lambda hidden, keep: hidden[:, slice(-keep, None) if isinstance(keep, int) else keep, :])
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(CONFIGS["llama"]()).eval()
+    requests = _requests(model, tokenizer)
+    with caplog.at_level(logging.WARNING, logger="companion.fastlm"):
+        fast = _lm(model, tokenizer, True, 4).loglikelihood(requests, disable_tqdm=True)
+    assert "scoring as stock" in caplog.text
+    assert fast == _lm(model, tokenizer, False, 4).loglikelihood(requests, disable_tqdm=True)
