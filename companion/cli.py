@@ -88,7 +88,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     if args.layers is not None:
         layers = [int(v) for v in args.layers.split(",") if v.strip()]
-        source = {"layers": "given on the command line"}
+        source = {"selection": "explicit --layers"}
     else:
         if args.scores is None or args.drop is None:
             raise CompanionError("prune needs --scores and --drop (or explicit --layers)")

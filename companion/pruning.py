@@ -257,7 +257,7 @@ def save_pruned(model: nn.Module, tokenizer, out_dir: str | Path, report: dict |
                     state[f"{prefix}.{i}.{key}"] = torch.zeros(shape, dtype=dtype)
     model.save_pretrained(out_dir, state_dict=state)
     tokenizer.save_pretrained(out_dir)
-    atomic_write_json(out_dir / MANIFEST, {"schema": "companion.pruning/1", **asdict(pruning), **(report or {})})
+    atomic_write_json(out_dir / MANIFEST, {"schema": "companion.pruning/1", **(report or {}), **asdict(pruning)})
     return out_dir
 
 

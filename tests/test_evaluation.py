@@ -1,0 +1,128 @@
+"""Evaluation: cache keys and resumption, perplexity, sweeps, and stock lm_eval on a pruned checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from companion import evaluation
+from companion.cli import main
+from companion.errors import CompanionError
+from companion.evaluation import PERPLEXITY_TASK, EvalSettings, evaluate
+from companion.models import LoadedModel, load_model
+from companion.pruning import Pruning, apply_pruning
+from companion.sweep import COLUMNS, SweepSettings, plan, run_sweep
+from conftest import make_tiny_model, make_tiny_tokenizer
+
+needs_data = pytest.mark.skipif(not os.environ.get("COMPANION_DATA_DIR"), reason="COMPANION_DATA_DIR is not set")
+
+
+def _loaded(model=None) -> LoadedModel:
+    return LoadedModel(model or make_tiny_model("llama"), make_tiny_tokenizer(), "tiny", "memory", "test",
+                       torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Replace lm-eval by a stub that counts calls and returns a value depending on the pruning."""
+    calls = []
+
+    def fake(loaded, task, settings):
+        calls.append(task)
+        pruning = getattr(loaded.model, "companion_pruning", None)
+        value = 0.5 + 0.01 * len(pruning.layers if pruning else [])
+        return [{"task": task, "metric": "acc", "value": value, "stderr": 0.01, "n": settings.limit}]
+
+    monkeypatch.setattr(evaluation, "run_lm_eval", fake)
+    return calls
+
+
+def test_cache_separates_prunings_and_resumes(tmp_path, counted):
+    loaded = _loaded()
+    settings = EvalSettings(tasks=["piqa", "arc_easy"], limit=5)
+    dense = evaluate(loaded, settings, cache=tmp_path)
+    assert counted == ["piqa", "arc_easy"]
+    assert evaluate(loaded, settings, cache=tmp_path) == [{**r} for r in json.loads(json.dumps(dense))]
+    assert counted == ["piqa", "arc_easy"]  # nothing re-run
+    pruning = Pruning("attn", [1])
+    apply_pruning(loaded.model, pruning)
+    pruned = evaluate(loaded, settings, pruning, cache=tmp_path)
+    assert counted == ["piqa", "arc_easy"] * 2 and pruned[0]["value"] != dense[0]["value"]
+    evaluate(loaded, EvalSettings(tasks=["piqa"], limit=6), pruning, cache=tmp_path)
+    assert counted[-1] == "piqa" and len(counted) == 5  # another limit is another entry
+    assert len(list(tmp_path.glob("*.json"))) == 5 and not list(tmp_path.glob(".*tmp"))
+
+
+def test_bad_evaluation_settings():
+    with pytest.raises(CompanionError, match="unknown task 'no_such_task'"):
+        EvalSettings(tasks=["no_such_task"]).validate()
+    with pytest.raises(CompanionError, match="--limit must be a positive number"):
+        EvalSettings(limit=0).validate()
+
+
+@needs_data
+def test_perplexity_matches_a_direct_computation():
+    loaded = _loaded()
+    rows = evaluation.perplexity(loaded, seqlen=16, chunks=3)
+    from companion.data import load_rows
+
+    ids = loaded.tokenizer("\n\n".join(load_rows("wikitext2", "test")[0]), return_tensors="pt").input_ids[0]
+    windows = ids[:48].view(3, 16)
+    with torch.no_grad():
+        logits = loaded.model(windows).logits[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+    assert rows[0]["task"] == PERPLEXITY_TASK and rows[0]["n"] == 48
+    assert rows[0]["value"] == pytest.approx(math.exp(nll.item()), rel=1e-5)
+
+
+def _scores(num_layers: int = 4) -> dict:
+    knn = [0.3, 0.1, 0.2, 0.4]
+    cosine = [0.3, 0.2, 0.1, 0.4]
+    blocks = [{"layer": i, "granularity": g, "method": m, "value": v[i]}
+              for m, v in (("knn", knn), ("cosine", cosine)) for g in ("attn", "layer") for i in range(num_layers)]
+    return {"num_layers": num_layers, "blocks": blocks, "profiles": {"knn": [1.0, 2.0, 3.0, 4.0, 5.0]}}
+
+
+def test_plan_and_sweep_evaluate_each_distinct_pruning_once(tmp_path, counted, monkeypatch):
+    settings = SweepSettings(calibration="toy", methods=["knn", "cosine"], granularities=["attn", "layer"],
+                             drops=[0, 1, 2])
+    prunings = plan(_scores(), settings)
+    assert prunings[("knn", "attn", 1)].layers == [1] and prunings[("cosine", "attn", 2)].layers == [1, 2]
+    with pytest.raises(CompanionError, match="cannot drop 5"):
+        plan(_scores(), SweepSettings(methods=["knn"], granularities=["attn"], drops=[5]))
+    scores = {**_scores(), "created": "now", "data": {"source": "toy"}}
+    monkeypatch.setattr("companion.sweep.scores_for", lambda *a, **k: scores)
+    rows = run_sweep(_loaded(), settings, EvalSettings(tasks=["piqa"], limit=4), tmp_path, progress=False)
+    # dense once; attn/layer: {1}, {1,2} (shared by knn and cosine at K=2), {2}: 1 + 2 * 3 = 7 evaluations
+    assert len(counted) == 7
+    assert len(rows) == 2 * 2 * 3 and set(rows[0]) == set(COLUMNS)
+    k2 = [r for r in rows if r["K"] == 2]
+    assert {r["dropped"] for r in k2} == {"1 2"} and len({r["value"] for r in k2}) == 1
+    table = (tmp_path / "sweep_toy.csv").read_text().splitlines()
+    assert table[0] == ",".join(COLUMNS) and len(table) == 13
+    assert json.loads((tmp_path / "sweep_toy.json").read_text())["distinct_prunings"] == 7
+
+
+@needs_data
+def test_stock_lm_eval_on_a_pruned_checkpoint_matches_companion(tmp_path, tiny_checkpoint, capsys):
+    model_dir = tiny_checkpoint("llama")
+    pruned = tmp_path / "pruned"
+    assert main(["prune", "--model", model_dir, "--layers", "1,2", "--granularity", "layer", "--out", str(pruned)]) == 0
+    tasks_dir = tmp_path / "tasks"
+    assert main(["tasks", "--out", str(tasks_dir), "--tasks", "piqa"]) == 0
+    settings = EvalSettings(tasks=["piqa"], limit=6, batch_size=2)
+    ours = {r["metric"]: r["value"] for r in evaluate(load_model(str(pruned), "cpu", "float32"), settings,
+                                                       cache=tmp_path / "cache")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
+                    f"pretrained={pruned},dtype=float32", "--tasks", "piqa", "--include_path", str(tasks_dir),
+                    "--limit", "6", "--batch_size", "2", "--device", "cpu", "--output_path", str(tmp_path / "out")],
+                   check=True, env=env, capture_output=True, text=True)
+    result = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]["piqa"]
+    assert result["acc,none"] == pytest.approx(ours["acc"]) and result["acc_norm,none"] == pytest.approx(ours["acc_norm"])
