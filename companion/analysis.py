@@ -93,7 +93,7 @@ class Run:
 
     @property
     def calibration(self) -> str:
-        """The first calibration set: the one notebooks 1-4 and 6 use."""
+        """The first calibration set, which notebooks 1-4 and 6 use."""
         return self.calibrations[0]
 
     @property
@@ -177,8 +177,8 @@ class Run:
 def resolve_parameters(values: Mapping[str, Any]) -> Run:
     """A :class:`Run` from the notebook parameters in ``values`` (e.g. ``globals()``); see ``PARAMETERS``.
 
-    Empty strings, 0 and -1 mean "the profile's value". ``calibration`` and the list parameters are
-    comma-separated. Results go to ``{results_dir}/{profile}/{model slug}``, relative to the working
+    Empty strings, 0 and -1 mean "the profile's value", except ``limit = -1``: all examples.
+    ``calibration`` and the list parameters are comma-separated. Results go to ``{results_dir}/{profile}/{model slug}``, relative to the working
     directory.
     """
     get = {name: values.get(name) for name in PARAMETERS}
@@ -186,6 +186,7 @@ def resolve_parameters(values: Mapping[str, Any]) -> Run:
     prof = profile_settings(name, device=get["device"] or None, dtype=get["dtype"] or None)
     positive = {key: int(get[key]) for key in ("samples", "seqlen", "seed", "limit")
                 if get[key] not in (None, "") and int(get[key]) > 0}
+    all_examples = get["limit"] not in (None, "") and int(get["limit"]) == -1
     model = get["model"] or prof["models"][0]
     granularities = _csv(get["granularities"]) or list(prof["granularities"])
     bad = [g for g in granularities if g not in GRANULARITIES]
@@ -201,7 +202,7 @@ def resolve_parameters(values: Mapping[str, Any]) -> Run:
         samples=positive.get("samples", prof["samples"]), seqlen=positive.get("seqlen", prof["seqlen"]),
         seed=positive.get("seed", prof["seed"]), methods=_csv(get["estimators"]) or list(prof["methods"]),
         granularities=granularities, drops=sorted(set(drops)), tasks=_csv(get["tasks"]) or list(prof["tasks"]),
-        limit=positive.get("limit", prof["limit"]), ppl_seqlen=prof["ppl_seqlen"], ppl_chunks=prof["ppl_chunks"],
+        limit=None if all_examples else positive.get("limit", prof["limit"]), ppl_seqlen=prof["ppl_seqlen"], ppl_chunks=prof["ppl_chunks"],
         speed_drops=list(prof["speed_drops"]), speed_prompt=prof["speed_prompt"],
         speed_new_tokens=prof["speed_new_tokens"], speed_repeats=prof["speed_repeats"],
         out_dir=results_dir / name / model_slug(model),
@@ -301,7 +302,7 @@ def load_sweep(path: str | Path) -> pd.DataFrame:
 
 
 def load_speed(path: str | Path) -> pd.DataFrame:
-    """The rows of a ``speed.json`` written by :func:`companion.speed.write_speed`."""
+    """The rows of a ``speed.json`` written by ``companion.speed.write_speed``."""
     return speed_frame(json.loads(Path(path).read_text(encoding="utf-8"))["rows"])
 
 
@@ -456,7 +457,7 @@ def rank_table(scores: dict, methods: Sequence[str], granularity: str, protect: 
 
 
 def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
-    """|A ∩ B| / |A ∪ B| of two sets of blocks; two empty sets count as identical (1)."""
+    """``|A ∩ B| / |A ∪ B|`` of two sets of blocks; two empty sets count as identical (1)."""
     a, b = set(a), set(b)
     return 1.0 if not a | b else len(a & b) / len(a | b)
 
@@ -816,7 +817,7 @@ def calibration_numbers(scores: Mapping[str, dict], acc: pd.DataFrame, methods: 
     """Calibration-ablation numbers comparing the first two calibration sets ``a`` and ``b``:
     ``calib_a``, ``calib_b``; per method ``m`` (knn/bucket/renyi/cosine) and granularity ``g``:
     ``calib_spearman_{m}_{g}`` (per-layer scores of a vs b) and ``calib_jaccard_{m}_{g}_kmax``;
-    ``calib_max_acc_diff`` (largest |Δ mean accuracy| over method × granularity × K > 0, in accuracy
+    ``calib_max_acc_diff`` (largest absolute change of mean accuracy over method × granularity × K > 0, in accuracy
     points, i.e. × 100), ``calib_max_acc_diff_se``, ``calib_beyond_2se`` (how many of ``calib_settings``
     differ by more than 2 s.e.), ``calib_same_blocks`` (settings with identical drop sets) and
     ``calib_verdict``."""

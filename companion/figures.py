@@ -1,4 +1,4 @@
-"""The book's figures: one function per figure, each returning a matplotlib :class:`~matplotlib.figure.Figure`.
+"""The book's figures: one function per figure, each returning a matplotlib ``Figure``.
 
 Figures are built without pyplot's global state (so a notebook shows each exactly once, where its cell
 returns it) under one style. Every figure has axis labels, a legend where it shows more than one
@@ -10,6 +10,7 @@ evaluation limits (passed in by the caller; see :meth:`companion.analysis.Run.ca
 from __future__ import annotations
 
 import functools
+import io
 import math
 import textwrap
 import warnings
@@ -64,8 +65,17 @@ def _styled(function):
     return wrapper
 
 
+class _NotebookFigure(Figure):
+    """A matplotlib figure that shows itself as a PNG in Jupyter, whatever the matplotlib backend."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+        return buffer.getvalue()
+
+
 def _figure(nrows: int = 1, ncols: int = 1, width: float = 6.4, height: float = 4.0, **kwargs):
-    fig = Figure(figsize=(width, height), layout="constrained")
+    fig = _NotebookFigure(figsize=(width, height), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, **kwargs)
     return fig, axes
 
@@ -128,7 +138,7 @@ def delta_heatmap_figure(matrices: Mapping[str, pd.DataFrame], *, title: str, ca
                          value_label: str = "ΔH (nats)", clip_percentile: float = 95) -> Figure:
     """Heatmaps of ΔH, layers across and granularities down, one panel per estimator (own colour scale,
     centred at zero: red adds entropy, blue removes it). The scale ends at the ``clip_percentile``
-    percentile of |ΔH| so that one or two extreme blocks do not wash out the rest; the colour bar says
+    percentile of the absolute ΔH so that one or two extreme blocks do not wash out the rest; the colour bar says
     where it is clipped."""
     n = len(matrices)
     num_layers = max(len(m) for m in matrices.values())
@@ -215,7 +225,7 @@ def task_figure(tasks: pd.DataFrame, *, methods: Sequence[str], granularities: S
             if row < len(granularities) - 1:
                 ax.set_xlabel("")
     handles = [Line2D([], [], color=color(m), marker=METHOD_MARKERS.get(m, "o"), label=label(m)) for m in methods]
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(methods))
+    axes[0, 0].legend(handles=handles, loc="best")
     return _finish(fig, title, caption)
 
 

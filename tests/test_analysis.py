@@ -73,6 +73,7 @@ def test_resolve_parameters_uses_the_profile_and_overrides(tmp_path):
     assert run.drops == [0, 4, 8] and run.samples == 16 and run.limit == 5 and run.calibrations == ["c4"]
     assert run.sweep_settings().drops == [0, 4, 8] and run.eval_settings().limit == 5
     assert "c4: 16 samples × 256 tokens, seed 2024" in run.caption(evaluation=True)
+    assert analysis.resolve_parameters({"profile": "smoke", "limit": -1}).limit is None
     with pytest.raises(CompanionError):
         analysis.resolve_parameters({"profile": "smoke", "granularities": "heads"})
 
@@ -267,6 +268,7 @@ def test_figures_have_labels_legends_and_captions(tmp_path):
                 continue
             assert ax.get_xlabel() and ax.get_ylabel() is not None
     assert made[0].axes[0].get_legend() is not None
+    assert made[0]._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"  # shown in notebooks without pyplot
     paths = figures.save_figure(made[0], tmp_path / "figures" / "profile")
     assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 1000 for p in paths)
     svg = paths[1].read_text()

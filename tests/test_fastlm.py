@@ -74,9 +74,9 @@ def _requests(model: transformers.PreTrainedModel, tokenizer) -> list[Instance]:
         pairs += [(context, " " + word) for word in rng.sample(WORDS, 4)]
     pairs += [(_text(rng, rng.randint(MAX_LENGTH, 2 * MAX_LENGTH)), " " + _text(rng, rng.randint(1, 8)))
               for _ in range(4)]  # truncated from the left at max_length
-    pairs += [(_text(rng, 5), _greedy_continuation(model, tokenizer, _text(rng, 5), 3)) for _ in range(2)]
-    context = _text(rng, 6)
-    pairs.append((context, _greedy_continuation(model, tokenizer, context, 4)))
+    for n in (1, 3, 4):  # the model's own greedy continuations
+        context = _text(rng, rng.randint(3, 8))
+        pairs.append((context, _greedy_continuation(model, tokenizer, context, n)))
     return [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
 
 
