@@ -2,7 +2,7 @@
 
 lm-eval's stock tasks download their data from the Hugging Face Hub. :func:`write_task_configs`
 converts the local files under ``COMPANION_DATA_DIR`` (see ``shared/data/SOURCES.md``) into
-JSON-lines in each stock task's Hub schema and writes, per task, a YAML that ``include``s the
+JSON-lines in each stock task's Hub schema and writes, per task, a YAML that includes (``include:``) the
 stock YAML of the installed lm-eval by absolute path and overrides only where the data come from::
 
     include: /…/site-packages/lm_eval/tasks/piqa/piqa.yaml
