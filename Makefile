@@ -45,6 +45,7 @@ notebooks: install
 book: install
 	rm -rf book/_build
 	$(JB) build book $(JB_FLAGS)
+	BOOK_HTML=book/_build/html $(PY) -m pytest -q tests/test_book.py -k "toc or links or network"
 
 reproduce: notebooks book
 	@echo "book: book/_build/html/index.html"

@@ -18,10 +18,12 @@ from .data import load_documents, sample_windows
 from .errors import CompanionError
 from .evaluation import EvalSettings, evaluate, primary_metric
 from .io import atomic_write_json, atomic_write_text
+from .hub import hub_reachable
 from .models import LoadedModel
 from .provenance import environment, timestamp
 from .pruning import Pruning, count_parameters, drop_order, temporarily_pruned
 from .scoring import ScoreSettings, read_scores, same_request, score
+from .tasks import offline_differences
 
 COLUMNS = ["model", "calibration", "method", "granularity", "K", "dropped", "task", "metric", "primary", "value",
            "stderr", "n", "params"]
@@ -101,8 +103,16 @@ def run_sweep(loaded: LoadedModel, settings: SweepSettings, eval_settings: EvalS
         "evaluation": asdict(eval_settings), "environment": environment(),
         "scores": {"path": str(out_dir / f"scores_{Path(settings.calibration).stem}.json"),
                    "created": scores["created"], "data": {k: v for k, v in scores["data"].items() if k != "windows"}},
-        "distinct_prunings": len(distinct)})
+        "distinct_prunings": len(distinct), "task_data": task_data_notes(eval_settings.tasks)})
     return rows
+
+
+def task_data_notes(tasks: list[str]) -> dict[str, str]:
+    """Where each task's data came from; offline, how the local copy differs from the Hub's."""
+    if hub_reachable():
+        return {task: "Hugging Face Hub (stock lm-eval task)" for task in tasks}
+    notes = {**offline_differences(), "wikitext2_ppl": "the rows of wikitext-2-raw-v1 test, as on the Hub."}
+    return {task: f"local copy under COMPANION_DATA_DIR. {notes.get(task, '')}".strip() for task in tasks}
 
 
 def write_table(rows: list[dict], stem: Path, provenance: dict) -> None:

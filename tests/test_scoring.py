@@ -118,3 +118,12 @@ def test_unknown_estimator_and_bad_scores_file(tmp_path):
     bad.write_text("{}")
     with pytest.raises(CompanionError, match="not a companion scores file"):
         read_scores(bad)
+
+
+def test_same_inputs_give_the_same_file():
+    model = make_tiny_model("qwen3")
+    docs = Documents(["a"], "toy", "file", "local", "toy.txt", "0" * 64)
+    first = score(_loaded(model), docs, _windows(), SETTINGS, progress=False)
+    second = score(_loaded(model), docs, _windows(), SETTINGS, progress=False)
+    first.pop("created"), second.pop("created")
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
