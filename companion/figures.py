@@ -246,7 +246,7 @@ def perplexity_figure(ppl: pd.DataFrame, *, methods: Sequence[str], granularitie
         ax.set_yscale("log")
         plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap on wide ranges
         ax.set_title(GRANULARITY_LABELS.get(granularity, granularity))
         _k_axis(ax, ppl["K"])
         ax.legend(loc="upper left")
