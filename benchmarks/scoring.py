@@ -119,7 +119,9 @@ def main() -> None:
     results = {}
     for name in ("forward", "backbone", "score"):
         child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", name],
-                               capture_output=True, text=True, check=True)
+                               capture_output=True, text=True)
+        if child.returncode != 0:
+            sys.exit(f"{name} run failed: {(child.stderr.strip().splitlines() or ['no output'])[-1]}")
         results[name] = json.loads(child.stdout.strip().splitlines()[-1])
         print(f"{name:>8}: {results[name]['seconds']:.2f} s (runs {[round(t, 2) for t in results[name]['all_seconds']]}), "
               f"peak memory {results[name]['peak_bytes'] / 2**20:.0f} MiB on {results[name]['device']}")
