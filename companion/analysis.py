@@ -32,7 +32,7 @@ from .errors import CompanionError
 from .evaluation import PERPLEXITY_TASK, EvalSettings
 from .profiles import profile as profile_settings
 from .pruning import GRANULARITIES, DropOrder, compression_stage, drop_order
-from .scoring import ENTROPY_NAMES, ScoreSettings, read_scores, same_request
+from .scoring import ENTROPY_NAMES, ScoreSettings, read_scores, reusable_scores
 from .sweep import SweepSettings
 
 PARAMETERS = ("profile", "model", "device", "dtype", "calibration", "samples", "seqlen", "seed", "estimators",
@@ -221,13 +221,9 @@ def ensure_scores(run: Run, calibration: str | None = None) -> dict:
 
     settings = run.sweep_settings(calibration)
     path = run.out_dir / f"scores_{_stem(settings.calibration)}.json"
-    request = {"samples": settings.samples, "seqlen": settings.seqlen, "seed": settings.seed,
-               "source": _stem(settings.calibration)}
-    if path.exists():
-        existing = read_scores(path)
-        if same_request(existing, run.model, request, ScoreSettings()):
-            return existing
-    return scores_for(run.loaded(), settings, path, progress=False)
+    existing = reusable_scores(path, run.model, settings.calibration, settings.samples, settings.seqlen,
+                               settings.seed, ScoreSettings())
+    return existing if existing is not None else scores_for(run.loaded(), settings, path, progress=False)
 
 
 def _same_sweep(stored: dict, run: Run, settings: SweepSettings, scores: dict) -> bool:

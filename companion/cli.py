@@ -43,7 +43,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .data import load_documents, sample_windows
     from .io import atomic_write_json
     from .models import load_model
-    from .scoring import ScoreSettings, read_scores, same_request, score
+    from .scoring import ScoreSettings, reusable_scores, score
 
     settings = ScoreSettings(
         estimators=[e.strip() for e in args.estimators.split(",") if e.strip()],
@@ -51,13 +51,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     settings.validate()
-    request = {"samples": args.samples, "seqlen": args.seqlen, "seed": args.seed, "source": Path(args.data).stem}
     out = Path(args.out)
-    if out.exists() and not args.force:
-        existing = read_scores(out)
-        if same_request(existing, args.model, request, settings):
-            print(f"{out} already holds these scores (use --force to recompute)", file=sys.stderr)
-            return 0
+    if not args.force and reusable_scores(out, args.model, args.data, args.samples, args.seqlen, args.seed, settings):
+        print(f"{out} already holds these scores (use --force to recompute)", file=sys.stderr)
+        return 0
     loaded = load_model(args.model, args.device, args.dtype)
     docs = load_documents(args.data, args.split)
     windows = sample_windows(loaded.tokenizer, docs, args.samples, args.seqlen, args.seed)

@@ -202,10 +202,18 @@ def read_scores(path: str | Path) -> dict:
     return scores
 
 
-def same_request(scores: dict, model: str, data: dict, settings: ScoreSettings) -> bool:
-    """Whether an existing scores file already answers this request (so a rerun can skip it)."""
-    return (scores.get("model", {}).get("spec") == model
-            and all(scores.get("data", {}).get(k) == v for k, v in data.items())
+def reusable_scores(path: str | Path, model: str, source: str, samples: int, seqlen: int, seed: int,
+                    settings: ScoreSettings) -> dict | None:
+    """The scores file at ``path`` if it already answers this request (so a rerun can skip scoring)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    scores = read_scores(path)
+    data = scores.get("data", {})
+    same = (scores.get("model", {}).get("spec") == model
+            and (data.get("source"), data.get("samples"), data.get("seqlen"), data.get("seed"))
+            == (Path(source).stem, samples, seqlen, seed)
             and scores.get("settings", {}).get("estimators") == list(settings.estimators)
             and scores["settings"].get("params") == {k: v for k, v in settings.params.items()
                                                      if k in settings.estimators})
+    return scores if same else None

@@ -22,7 +22,7 @@ from .hub import hub_reachable
 from .models import LoadedModel
 from .provenance import environment, timestamp
 from .pruning import Pruning, count_parameters, drop_order, temporarily_pruned
-from .scoring import ScoreSettings, read_scores, same_request, score
+from .scoring import ScoreSettings, reusable_scores, score
 from .tasks import offline_differences
 
 COLUMNS = ["model", "calibration", "method", "granularity", "K", "dropped", "task", "metric", "primary", "value",
@@ -46,12 +46,10 @@ class SweepSettings:
 def scores_for(loaded: LoadedModel, settings: SweepSettings, path: Path, progress: bool = True) -> dict:
     """The scores of ``loaded`` on the sweep's calibration set, read from ``path`` when already there."""
     score_settings = ScoreSettings()
-    request = {"samples": settings.samples, "seqlen": settings.seqlen, "seed": settings.seed,
-               "source": Path(settings.calibration).stem}
-    if path.exists():
-        existing = read_scores(path)
-        if same_request(existing, loaded.spec, request, score_settings):
-            return existing
+    existing = reusable_scores(path, loaded.spec, settings.calibration, settings.samples, settings.seqlen,
+                               settings.seed, score_settings)
+    if existing is not None:
+        return existing
     docs = load_documents(settings.calibration)
     windows = sample_windows(loaded.tokenizer, docs, settings.samples, settings.seqlen, settings.seed)
     result = score(loaded, docs, windows, score_settings, progress=progress)
