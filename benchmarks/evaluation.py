@@ -1,115 +1,119 @@
-"""Time stock lm-eval ``HFLM`` against ``FastHFLM`` on PIQA log-likelihood requests.
+"""Time stock lm-eval ``HFLM`` against ``FastHFLM`` on real lm-eval tasks, and check they agree.
 
-Both wrap the same in-memory model (loaded in float32) at the same batch size and score the same
-requests, built as lm-eval's ``piqa`` task builds them (context ``"Question: {goal}\\nAnswer:"``,
-continuations ``" {sol1}"`` and ``" {sol2}"``) from the local ``$COMPANION_DATA_DIR/piqa`` files.
-Prints the wall time of each run (stock and fast alternate) and the best of each, which the
-speedup compares (on a shared machine one run mostly measures the neighbours), the largest
-per-request log-likelihood difference and both models' acc and acc_norm. The last line is
-``speedup=<x> max_abs_loglik_diff=<y>``.
+Both wrap the same in-memory model (loaded in float32), by default at the same batch size. Each task is built
+by lm-eval exactly as ``companion eval`` builds it (stock task online, the offline configs over
+``$COMPANION_DATA_DIR`` otherwise); its log-likelihood requests for the first ``--limit`` documents
+are scored by both models, alternating, ``--repeats`` times. Prints per task the best wall time of
+each (on a shared machine one run mostly measures the neighbours), the speedup, both models'
+metrics (lm-eval's own ``process_results``) and the largest per-request log-likelihood difference;
+then the same over all tasks together. The last line is ``speedup=<x> max_abs_loglik_diff=<y>``,
+the speedup being total stock time over total fast time.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import collections
 import time
 
 import numpy as np
 from lm_eval.api.instance import Instance
-from lm_eval.models.huggingface import HFLM
+from lm_eval.tasks import get_task_dict
 
-from companion.fastlm import make_lm
+from companion.evaluation import task_manager_for
+from companion.fastlm import FastHFLM, make_lm
 from companion.models import DEFAULT_MODEL, load_model
-from companion.paths import data_file
+from companion.profiles import EVAL_BATCH_SIZE, PROFILES
 
 
-def piqa_docs(limit: int) -> list[dict]:
-    """The first ``limit`` PIQA validation examples, each with its gold ``label``."""
-    with open(data_file("piqa/valid.jsonl", "PIQA validation"), encoding="utf-8") as handle:
-        docs = [json.loads(line) for line, _ in zip(handle, range(limit))]
-    with open(data_file("piqa/valid-labels.lst", "PIQA labels"), encoding="utf-8") as handle:
-        labels = [int(line) for line, _ in zip(handle, range(limit))]
-    return [{**doc, "label": label} for doc, label in zip(docs, labels, strict=True)]
+def task_requests(task_name: str, limit: int):
+    """lm-eval's task object and its log-likelihood instances for the first ``limit`` documents."""
+    task = get_task_dict([task_name], task_manager_for(task_name))[task_name]
+    task.build_all_requests(limit=limit, rank=0, world_size=1)
+    instances = [inst for inst in task.instances if inst.request_type == "loglikelihood"]
+    if len(instances) != len(task.instances):
+        raise SystemExit(f"{task_name}: only log-likelihood (multiple-choice) tasks are timed here")
+    return task, instances
 
 
-def piqa_requests(docs: list[dict]) -> list[Instance]:
-    """Two loglikelihood requests per example, as lm-eval's ``piqa`` multiple-choice task makes them."""
-    return [
-        Instance(
-            request_type="loglikelihood",
-            doc=doc,
-            arguments=(f"Question: {doc['goal']}\nAnswer:", f" {choice}"),
-            idx=choice_idx,
-            metadata=("piqa", doc_id, 1),
-        )
-        for doc_id, doc in enumerate(docs)
-        for choice_idx, choice in enumerate((doc["sol1"], doc["sol2"]))
-    ]
+def metrics(task, instances: list[Instance], results: list[tuple[float, bool]]) -> dict[str, float]:
+    """The task's metrics from lm-eval's ``process_results``, averaged over documents."""
+    per_doc = collections.defaultdict(list)
+    for inst, result in zip(instances, results, strict=True):
+        per_doc[inst.doc_id].append((inst.idx, inst.doc, result))
+    values = collections.defaultdict(list)
+    for entries in per_doc.values():
+        entries.sort(key=lambda entry: entry[0])
+        for name, value in task.process_results(entries[0][1], [result for _, _, result in entries]).items():
+            values[name].append(value)
+    return {name: float(np.mean(vals)) for name, vals in values.items()}
 
 
-def accuracies(docs: list[dict], results: list[tuple[float, bool]]) -> tuple[float, float]:
-    """lm-eval's multiple-choice ``acc`` and ``acc_norm`` (log-likelihood over choice length in characters)."""
-    lls = np.array([ll for ll, _ in results]).reshape(len(docs), 2)
-    lengths = np.array([[len(doc["sol1"]), len(doc["sol2"])] for doc in docs], dtype=float)
-    gold = np.array([doc["label"] for doc in docs])
-    return float(np.mean(lls.argmax(1) == gold)), float(np.mean((lls / lengths).argmax(1) == gold))
+def positions(lm: FastHFLM, instances: list[Instance]) -> tuple[int, int, int]:
+    """(input positions of stock, backbone positions of fast, LM-head positions of fast), padding excluded.
 
-
-def scored_positions(lm: HFLM, requests: list[Instance]) -> tuple[int, int]:
-    """(continuation positions, all input positions) over ``requests``, tokenised as lm-eval does.
-
-    Stock runs the LM head at every input position; FastHFLM only at continuation positions.
+    Stock runs backbone and head at every input position of every request. Fast runs the
+    backbone once per shared prefix plus each request's rest, and the head only at the positions
+    that predict continuation tokens.
     """
-    pairs = [lm._encode_pair(*request.args) for request in requests]
-    inputs = sum(min(len(context) + len(continuation) - 1, lm.max_length) for context, continuation in pairs)
-    return sum(len(continuation) for _, continuation in pairs), inputs
-
-
-def timed(lm: HFLM, requests: list[Instance]) -> tuple[list[tuple[float, bool]], float]:
-    """Results and wall seconds of scoring ``requests``."""
-    start = time.perf_counter()
-    results = lm.loglikelihood(requests, disable_tqdm=True)
-    return results, time.perf_counter() - start
+    requests = [(None, *lm._encode_pair(*inst.args)) for inst in instances]
+    stock = sum(min(len(ctx) + len(cont) - 1, lm.max_length) for _, ctx, cont in requests)
+    backbone = head = 0
+    for group in lm._groups(requests):
+        backbone += len(group.prefix) + sum(len(ctx) - len(group.prefix) + len(cont) - 1
+                                            for ctx, cont in zip(group.contexts, group.continuations))
+        head += sum(map(len, group.continuations))
+    return stock, backbone, head
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model spec for companion.models.load_model")
-    parser.add_argument("--limit", type=int, default=100, help="first N PIQA validation examples (2N requests)")
-    parser.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size, the same for both")
+    parser.add_argument("--tasks", default=",".join(t for t in PROFILES["default"]["tasks"] if t != "wikitext2_ppl"),
+                        help="comma-separated multiple-choice lm-eval tasks (default: the default profile's)")
+    parser.add_argument("--limit", type=int, default=50, help="first N documents of each task")
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                        help="lm-eval batch size (default: companion's, %(default)s)")
+    parser.add_argument("--stock-batch-size", type=int,
+                        help="stock HFLM's batch size, to compare against stock at its own best (default: --batch-size)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1, ...")
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed runs of each, alternating stock and fast; the best wall time of each counts")
     args = parser.parse_args()
 
     loaded = load_model(args.model, device=args.device, dtype="float32")
-    docs = piqa_docs(args.limit)
-    requests = piqa_requests(docs)
-    print(f"model={args.model} device={loaded.device} examples={len(docs)} requests={len(requests)} "
-          f"batch_size={args.batch_size}")
-    lms = {name: make_lm(loaded.model, loaded.tokenizer, batch_size=args.batch_size, fast=name == "fast")
+    batch_sizes = {"stock": args.stock_batch_size or args.batch_size, "fast": args.batch_size}
+    lms = {name: make_lm(loaded.model, loaded.tokenizer, batch_size=batch_sizes[name], fast=name == "fast")
            for name in ("stock", "fast")}
-    seconds: dict[str, list[float]] = {name: [] for name in lms}
-    results = {}
-    for lm in lms.values():
-        lm.loglikelihood(requests[: args.batch_size], disable_tqdm=True)  # warm-up
-    for repeat in range(args.repeats):
-        for name, lm in lms.items():
-            results[name], elapsed = timed(lm, requests)
-            seconds[name].append(elapsed)
-            print(f"run {repeat + 1}/{args.repeats} {name:5s} wall={elapsed:.2f}s")
-    for name in lms:
-        acc, acc_norm = accuracies(docs, results[name])
-        best = min(seconds[name])
-        print(f"{name:5s} best wall={best:.2f}s requests/s={len(requests) / best:.2f} "
-              f"acc={acc:.4f} acc_norm={acc_norm:.4f}")
-    scored, inputs = scored_positions(lms["fast"], requests)
-    print(f"LM head positions: stock {inputs} plus padding, fast {scored} ({100 * scored / inputs:.0f}%)")
-    pairs = list(zip(results["stock"], results["fast"], strict=True))
-    max_diff = max(abs(stock[0] - fast[0]) for stock, fast in pairs)
-    print(f"is_greedy identical for {sum(stock[1] == fast[1] for stock, fast in pairs)}/{len(pairs)} requests")
-    print(f"speedup={min(seconds['stock']) / min(seconds['fast']):.2f} max_abs_loglik_diff={max_diff:.2e}")
+    print(f"model={args.model} device={loaded.device} limit={args.limit} batch_size stock={batch_sizes['stock']} "
+          f"fast={batch_sizes['fast']} repeats={args.repeats}")
+    best = {"stock": 0.0, "fast": 0.0}
+    max_diff = 0.0
+    for task_name in args.tasks.split(","):
+        task, instances = task_requests(task_name, args.limit)
+        for lm in lms.values():
+            lm.loglikelihood(instances[: lm.batch_size], disable_tqdm=True)  # warm-up
+        seconds = {name: [] for name in lms}
+        results = {}
+        for _ in range(args.repeats):
+            for name, lm in lms.items():
+                start = time.perf_counter()
+                results[name] = lm.loglikelihood(instances, disable_tqdm=True)
+                seconds[name].append(time.perf_counter() - start)
+        diff = max(abs(s[0] - f[0]) for s, f in zip(results["stock"], results["fast"], strict=True))
+        greedy_same = sum(s[1] == f[1] for s, f in zip(results["stock"], results["fast"], strict=True))
+        stock_pos, backbone_pos, head_pos = positions(lms["fast"], instances)
+        print(f"{task_name}: documents={len({inst.doc_id for inst in instances})} requests={len(instances)} "
+              f"positions stock={stock_pos} fast backbone={backbone_pos} head={head_pos}")
+        for name in lms:
+            print(f"  {name:5s} walls={','.join(f'{s:.2f}' for s in seconds[name])}s best={min(seconds[name]):.2f}s "
+                  + " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics(task, instances, results[name]).items())))
+            best[name] += min(seconds[name])
+        print(f"  speedup={min(seconds['stock']) / min(seconds['fast']):.2f} max_abs_loglik_diff={diff:.2e} "
+              f"is_greedy identical {greedy_same}/{len(instances)}")
+        max_diff = max(max_diff, diff)
+    print(f"all tasks: stock {best['stock']:.2f}s fast {best['fast']:.2f}s")
+    print(f"speedup={best['stock'] / best['fast']:.2f} max_abs_loglik_diff={max_diff:.2e}")
 
 
 if __name__ == "__main__":

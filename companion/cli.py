@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .errors import CompanionError
 from .models import DEFAULT_MODEL
+from .profiles import EVAL_BATCH_SIZE, profile
 
 DESCRIPTION = """EntroDrop companion: entropy-based block pruning of decoder-only LLMs.
 
@@ -150,7 +151,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
     from .io import atomic_write_json
     from .models import load_model
-    from .profiles import profile
     from .provenance import environment, timestamp
     from .pruning import Pruning, apply_pruning, drop_order
     from .scoring import read_scores
@@ -183,7 +183,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .models import load_model
-    from .profiles import profile
     from .sweep import SweepSettings, run_sweep
 
     prof = profile(args.profile, device=args.device, dtype=args.dtype)
@@ -240,7 +239,8 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default="default", help="smoke, default or paper: defaults for what is not set")
     parser.add_argument("--tasks", help="comma-separated lm-eval task names, plus wikitext2_ppl (default: the profile's)")
     parser.add_argument("--limit", type=int, help="examples per task (default: the profile's; -1 for all)")
-    parser.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
+    parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
+                        help="lm-eval batch size: requests per forward pass (default: %(default)s)")
     parser.add_argument("--stock-lm", action="store_true",
                         help="use lm-eval's stock HFLM instead of the faster, equivalent FastHFLM")
 

@@ -27,6 +27,7 @@ from .hub import hub_reachable
 from .io import atomic_write_json, sha256_text
 from .models import LoadedModel
 from .paths import cache_dir
+from .profiles import EVAL_BATCH_SIZE
 from .pruning import Pruning
 
 PERPLEXITY_TASK = "wikitext2_ppl"
@@ -44,7 +45,7 @@ class EvalSettings:
     tasks: list[str] = field(default_factory=lambda: ["piqa"])
     limit: int | None = None
     num_fewshot: int = 0
-    batch_size: int = 8
+    batch_size: int = EVAL_BATCH_SIZE
     fast: bool = True
     ppl_seqlen: int = 512
     ppl_chunks: int | None = None
@@ -78,7 +79,8 @@ def known_tasks() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _task_manager(task: str):
+def task_manager_for(task: str):
+    """lm-eval's ``TaskManager`` that can build ``task``: stock online, offline configs otherwise."""
     from lm_eval.tasks import TaskManager
 
     if hub_reachable():
@@ -122,7 +124,7 @@ def run_lm_eval(loaded: LoadedModel, task: str, settings: EvalSettings) -> list[
 
     lm = make_lm(loaded.model, loaded.tokenizer, batch_size=settings.batch_size, fast=settings.fast)
     results = simple_evaluate(model=lm, tasks=[task], num_fewshot=settings.num_fewshot, limit=settings.limit,
-                              task_manager=_task_manager(task), log_samples=False, bootstrap_iters=1000,
+                              task_manager=task_manager_for(task), log_samples=False, bootstrap_iters=1000,
                               verbosity="ERROR")
     return _rows_from_lm_eval(results, task)
 

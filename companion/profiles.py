@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from .errors import CompanionError
 
+# lm-eval batch size (requests per forward pass) unless set: FastHFLM was fastest at 16 of 8/16/32 on a
+# 2-core CPU, where stock HFLM is as fast at 8 as at 16 (benchmarks/README.md).
+EVAL_BATCH_SIZE = 16
+
 PAPER_TASKS = ["piqa", "hellaswag", "winogrande", "wsc273", "commonsense_qa", "mmlu", "cmmlu", "arc_easy",
                "arc_challenge", "openbookqa", "race", "boolq", "lambada_openai"]
 

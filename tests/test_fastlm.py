@@ -69,6 +69,9 @@ def _requests(model: transformers.PreTrainedModel, tokenizer) -> list[Instance]:
     for _ in range(3):  # multiple choice: one context, several multi-token continuations
         context = _text(rng, rng.randint(3, 12))
         pairs += [(context, " " + _text(rng, rng.randint(1, 6))) for _ in range(4)]
+    for _ in range(2):  # partial evaluation (WinoGrande): contexts share their start, not their end
+        start, rest = _text(rng, rng.randint(4, 10)), " " + _text(rng, rng.randint(2, 5))
+        pairs += [(f"{start} {word}", rest) for word in rng.sample(WORDS, 2)]
     for _ in range(2):  # one-token continuations of one context: stock reuses one forward pass
         context = _text(rng, rng.randint(2, 8))
         pairs += [(context, " " + word) for word in rng.sample(WORDS, 4)]
@@ -126,3 +129,27 @@ def test_model_without_logits_mask_is_scored_as_stock(tokenizer, monkeypatch, ca
         fast = _lm(model, tokenizer, True, 4).loglikelihood(requests, disable_tqdm=True)
     assert "scoring as stock" in caplog.text
     assert fast == _lm(model, tokenizer, False, 4).loglikelihood(requests, disable_tqdm=True)
+
+
+@pytest.mark.parametrize("granularity,layers", [("attn", [0]), ("mlp", [1]), ("layer", [0])])
+def test_pruned_model_matches_stock(tokenizer, granularity: str, layers: list[int]) -> None:
+    """Dropped attention keeps a placeholder in the KV cache that the shared-context pass copies per row."""
+    from companion.pruning import Pruning, temporarily_pruned
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(CONFIGS["gemma3"]()).eval()
+    requests = _requests(model, tokenizer)
+    with temporarily_pruned(model, Pruning(granularity, layers)):
+        stock = _lm(model, tokenizer, False, 4).loglikelihood(requests, disable_tqdm=True)
+        fast = _lm(model, tokenizer, True, 4).loglikelihood(requests, disable_tqdm=True)
+    assert [ll for ll, _ in fast] == pytest.approx([ll for ll, _ in stock], abs=TOL)
+    assert [greedy for _, greedy in fast] == [greedy for _, greedy in stock]
+
+
+def test_requests_sharing_a_context_start_share_one_prefix(model, tokenizer) -> None:
+    lm = _lm(model, tokenizer, True, 4)
+    requests = [(None, [5, 6, 7, 8], [9]), (None, [5, 6, 7, 10], [9, 4]), (None, [5, 6, 7, 8], [11]),
+                (None, [12, 6, 7, 8], [9]), (None, [5, 13], [9])]
+    groups = lm._groups(requests)
+    assert [(group.members, group.prefix) for group in groups] == [([0, 2, 1], [5, 6, 7]), ([4], []), ([3], [])]
+    assert [[group.members for group in window] for window in lm._windows(groups, 1)] == [[[0, 2, 1]], [[4], [3]]]
