@@ -35,6 +35,8 @@ import transformers
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
+from .profiles import EVAL_BATCH_SIZE
+
 __all__ = ["FastHFLM", "make_lm"]
 
 log = logging.getLogger(__name__)
@@ -273,8 +275,10 @@ class FastHFLM(HFLM):
         """Stock ``HFLM._loglikelihood_tokens`` for causal LMs, running shared context prefixes once."""
         if not self._fast:
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-        batch_size = override_bs or self.batch_size
-        batch_size = int(self._detect_batch_size() if batch_size == "auto" else batch_size)
+        batch_size = self.batch_size
+        if batch_size == "auto":
+            batch_size = override_bs or self._detect_batch_size()
+        batch_size = int(batch_size)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         pbar = tqdm(
             total=len(requests),
@@ -296,10 +300,13 @@ class FastHFLM(HFLM):
 def make_lm(
     model: transformers.PreTrainedModel,
     tokenizer: transformers.PreTrainedTokenizerBase,
-    batch_size: int = 8,
+    batch_size: int | str = EVAL_BATCH_SIZE,
     fast: bool = True,
     **kwargs,
 ) -> HFLM:
-    """An lm-eval model wrapping an in-memory model: ``FastHFLM`` if ``fast``, else stock ``HFLM``."""
+    """An lm-eval model wrapping an in-memory model: ``FastHFLM`` if ``fast``, else stock ``HFLM``.
+
+    ``batch_size`` is lm-eval's: requests per forward pass, or ``"auto"`` to find the largest that fits.
+    """
     cls = FastHFLM if fast else HFLM
     return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)

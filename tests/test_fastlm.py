@@ -153,3 +153,13 @@ def test_requests_sharing_a_context_start_share_one_prefix(model, tokenizer) -> 
     groups = lm._groups(requests)
     assert [(group.members, group.prefix) for group in groups] == [([0, 2, 1], [5, 6, 7]), ([4], []), ([3], [])]
     assert [[group.members for group in window] for window in lm._windows(groups, 1)] == [[[0, 2, 1]], [[4], [3]]]
+
+
+def test_auto_batch_size_matches_stock(tokenizer) -> None:
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(CONFIGS["llama"]()).eval()
+    requests = _requests(model, tokenizer)
+    stock = _lm(model, tokenizer, False, 4).loglikelihood(requests, disable_tqdm=True)
+    fast = make_lm(model, tokenizer, batch_size="auto", max_length=MAX_LENGTH, max_batch_size=8)
+    assert [ll for ll, _ in fast.loglikelihood(requests, disable_tqdm=True)] == pytest.approx(
+        [ll for ll, _ in stock], abs=TOL)
