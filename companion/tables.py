@@ -1,0 +1,308 @@
+"""Pure functions of results (no model, no plotting): the tables and statistics behind the figures.
+
+Bootstrap bands of entropy profiles, min–max normalisation, ΔH matrices, rank correlations,
+drop-set overlaps, sweep tables with mean accuracy, retention and perplexity, and speed tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .errors import CompanionError
+from .evaluation import PERPLEXITY_TASK
+from .pruning import GRANULARITIES, DropOrder, compression_stage, drop_order
+
+HEADLINE_FRACTION = 12 / 32  # the paper's headline: 12 of 32 attention layers dropped
+
+
+# ---------------------------------------------------------------- entropy profiles
+
+def per_sample(scores: dict, estimator: str, point: str = "boundary") -> np.ndarray:
+    """Per-sample entropies of ``estimator``, shape (points, samples): L+1 boundaries or L mid points."""
+    try:
+        values = scores["per_sample"]["entropy"][estimator][point]
+    except KeyError as exc:
+        have = ", ".join(sorted(scores.get("per_sample", {}).get("entropy", {})))
+        raise CompanionError(f"no per-sample '{point}' entropies of '{estimator}' in the scores (have: {have})") from exc
+    return np.asarray(values, dtype=float)
+
+
+def bootstrap_band(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Percentile bootstrap band of the mean over samples, for each row of ``values`` (points × samples).
+
+    Samples are resampled with replacement, the same draw for every point (the points of one sample are
+    paired), ``n_boot`` times. Returns columns ``mean`` (over the original samples), ``lo`` and ``hi``
+    (the (1 − level)/2 and (1 + level)/2 quantiles of the bootstrap means); one sample gives lo = hi = mean.
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2 or values.shape[1] < 1:
+        raise CompanionError(f"expected a (points, samples) array, got shape {values.shape}")
+    mean = values.mean(axis=1)
+    if values.shape[1] == 1:
+        return pd.DataFrame({"mean": mean, "lo": mean, "hi": mean})
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, values.shape[1], size=(n_boot, values.shape[1]))
+    boot = values[:, draws].mean(axis=2)  # (points, n_boot)
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(boot, [tail, 1 - tail], axis=1)
+    return pd.DataFrame({"mean": mean, "lo": np.minimum(lo, mean), "hi": np.maximum(hi, mean)})
+
+
+def profile_band(scores: dict, estimator: str, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Bootstrap band of ``estimator``'s entropy at every block boundary (column ``boundary`` 0..L)."""
+    band = bootstrap_band(per_sample(scores, estimator), n_boot=n_boot, level=level, seed=seed)
+    band.insert(0, "boundary", np.arange(len(band)))
+    return band
+
+
+def minmax(values: Sequence[float] | np.ndarray, reference: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+    """Min–max scaling to [0, 1] by the range of ``reference`` (default: ``values`` itself).
+
+    Estimators differ in units and offsets (KNN is scale-dependent, bucket lies in [0, d·log bins]), so
+    profiles share one axis only after such a map; a constant reference maps to 0.
+    """
+    values = np.asarray(values, dtype=float)
+    ref = values if reference is None else np.asarray(reference, dtype=float)
+    low, span = np.nanmin(ref), np.nanmax(ref) - np.nanmin(ref)
+    return (values - low) / span if span > 0 else np.zeros_like(values)
+
+
+def normalise_band(band: pd.DataFrame, reference: Sequence[float] | np.ndarray | None = None) -> pd.DataFrame:
+    """A band with ``mean``, ``lo`` and ``hi`` min–max scaled by the range of its mean profile (or of
+    ``reference``, e.g. the mean profiles of several calibration sets together, to share one scale)."""
+    out = band.copy()
+    ref = band["mean"] if reference is None else reference
+    for column in ("mean", "lo", "hi"):
+        out[column] = minmax(band[column], ref)
+    return out
+
+
+def stage_end(scores: dict, estimator: str) -> int:
+    """The boundary where ``estimator``'s compression stage ends (= number of compression layers)."""
+    return compression_stage(scores["profiles"][estimator])
+
+
+# ---------------------------------------------------------------- block scores
+
+def block_table(scores: dict) -> pd.DataFrame:
+    """The scores file's block records as a table (layer, granularity, method, kind, h_in, h_out, value, value_std)."""
+    return pd.DataFrame(scores["blocks"])
+
+
+def layer_scores(scores: dict, method: str, granularity: str) -> np.ndarray:
+    """``method``'s score of every layer at ``granularity`` (ΔH for entropy, 1 − cos or angular for similarity)."""
+    values = np.full(scores["num_layers"], np.nan)
+    found = False
+    for block in scores["blocks"]:
+        if block["method"] == method and block["granularity"] == granularity:
+            values[block["layer"]] = block["value"]
+            found = True
+    if not found:
+        raise CompanionError(f"no '{method}' scores at granularity '{granularity}' in the scores file")
+    return values
+
+
+def delta_matrix(scores: dict, method: str = "knn", granularities: Sequence[str] = GRANULARITIES) -> pd.DataFrame:
+    """ΔH (or the similarity score) of ``method``, one row per layer and one column per granularity."""
+    frame = pd.DataFrame({g: layer_scores(scores, method, g) for g in granularities})
+    frame.index.name = "layer"
+    return frame
+
+
+def paired_scores(scores: dict, method_x: str, method_y: str, granularities: Sequence[str]) -> pd.DataFrame:
+    """Long table (layer, granularity, x, y) of two methods' per-block scores, for scatter plots."""
+    parts = [pd.DataFrame({"layer": np.arange(scores["num_layers"]), "granularity": g,
+                           "x": layer_scores(scores, method_x, g), "y": layer_scores(scores, method_y, g)})
+             for g in granularities]
+    return pd.concat(parts, ignore_index=True)
+
+
+def rank_correlation(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """Spearman's ρ and Kendall's τ (with p-values) between two paired score vectors; NaN pairs dropped."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    a, b = a[keep], b[keep]
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        nan = float("nan")
+        return {"spearman": nan, "spearman_p": nan, "kendall": nan, "kendall_p": nan, "n": int(len(a))}
+    rho = stats.spearmanr(a, b)
+    tau = stats.kendalltau(a, b)
+    return {"spearman": float(rho.statistic), "spearman_p": float(rho.pvalue), "kendall": float(tau.statistic),
+            "kendall_p": float(tau.pvalue), "n": int(len(a))}
+
+
+def method_correlation(scores: dict, method_a: str, method_b: str, granularity: str,
+                       layers: Iterable[int] | None = None, scores_b: dict | None = None) -> dict[str, float]:
+    """Rank correlation of two methods' per-layer scores at ``granularity`` (optionally over ``layers`` only,
+    and with ``method_b`` read from another scores file ``scores_b``, e.g. another calibration set)."""
+    a = layer_scores(scores, method_a, granularity)
+    b = layer_scores(scores_b if scores_b is not None else scores, method_b, granularity)
+    if layers is not None:
+        index = sorted(set(layers))
+        a, b = a[index], b[index]
+    return rank_correlation(a, b)
+
+
+def correlation_matrix(scores: dict, methods: Sequence[str], granularity: str, kind: str = "spearman") -> pd.DataFrame:
+    """Pairwise rank correlations (``spearman`` or ``kendall``) of ``methods`` at ``granularity``."""
+    matrix = pd.DataFrame(np.eye(len(methods)), index=list(methods), columns=list(methods))
+    for i, a in enumerate(methods):
+        for b in methods[i + 1:]:
+            value = method_correlation(scores, a, b, granularity)[kind]
+            matrix.loc[a, b] = matrix.loc[b, a] = value
+    return matrix
+
+
+def rank_table(scores: dict, methods: Sequence[str], granularity: str, protect: str = "auto") -> pd.DataFrame:
+    """Position of every layer in each method's drop order (1 = dropped first), NaN where protected."""
+    table = pd.DataFrame(index=pd.RangeIndex(scores["num_layers"], name="layer"))
+    for method in methods:
+        order = drop_order(scores, method, granularity, protect)
+        column = np.full(scores["num_layers"], np.nan)
+        for position, layer in enumerate(order.order, start=1):
+            column[layer] = position
+        table[method] = column
+    return table
+
+
+def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
+    """``|A ∩ B| / |A ∪ B|`` of two sets of blocks; two empty sets count as identical (1)."""
+    a, b = set(a), set(b)
+    return 1.0 if not a | b else len(a & b) / len(a | b)
+
+
+def drop_set_overlap(order_a: DropOrder, order_b: DropOrder, ks: Iterable[int] | None = None) -> pd.DataFrame:
+    """For each K: the K-block drop sets of two orders, their common blocks and Jaccard overlap.
+
+    ``ks`` defaults to 1 .. the smaller number of prunable blocks; K beyond either order is skipped.
+    """
+    limit = min(len(order_a.order), len(order_b.order))
+    ks = range(1, limit + 1) if ks is None else [k for k in ks if 0 <= k <= limit]
+    rows = []
+    for k in ks:
+        set_a, set_b = order_a.drop_set(k), order_b.drop_set(k)
+        rows.append({"K": k, "a": " ".join(map(str, set_a)), "b": " ".join(map(str, set_b)),
+                     "common": len(set(set_a) & set(set_b)), "jaccard": jaccard(set_a, set_b)})
+    return pd.DataFrame(rows, columns=["K", "a", "b", "common", "jaccard"])
+
+
+# ---------------------------------------------------------------- sweep tables
+
+KEYS = ["model", "calibration", "method", "granularity", "K"]
+
+
+def sweep_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Sweep rows as a typed table: K and n integers, value and stderr floats (missing stderr = NaN)."""
+    frame = pd.DataFrame(list(rows))
+    if frame.empty:
+        raise CompanionError("the sweep table is empty")
+    frame["K"] = frame["K"].astype(int)
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce").astype(float)
+    frame["stderr"] = pd.to_numeric(frame["stderr"], errors="coerce").astype(float)
+    frame["dropped"] = frame["dropped"].fillna("").astype(str)
+    frame["primary"] = frame["primary"].astype(bool)
+    return frame
+
+
+def task_accuracy(sweep: pd.DataFrame) -> pd.DataFrame:
+    """The primary accuracy metric of every task (perplexity excluded), one row per (setting, task)."""
+    rows = sweep[sweep["primary"] & (sweep["task"] != PERPLEXITY_TASK)]
+    return rows[[*KEYS, "dropped", "task", "metric", "value", "stderr", "n"]].reset_index(drop=True)
+
+
+def _dense_means(acc: pd.DataFrame) -> dict[tuple, float]:
+    dense = acc[acc["K"] == 0]
+    return {key: float(group["mean"].iloc[0]) for key, group in dense.groupby(["model", "calibration"])}
+
+
+def mean_accuracy(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Mean primary accuracy over tasks per (model, calibration, method, granularity, K), with retention.
+
+    ``stderr`` of the mean is sqrt(Σ se²) / n_tasks (tasks independent; NaN if a task has none).
+    ``retention`` is 100 × mean / dense mean, the dense model being K = 0 of the same model and
+    calibration; ``retention_stderr`` treats the dense mean as exact. Perplexity is left out.
+    """
+    tasks = task_accuracy(sweep)
+    if tasks.empty:
+        raise CompanionError("the sweep has no accuracy task (only perplexity?)")
+    rows = []
+    for key, group in tasks.groupby(KEYS, sort=True):
+        se = group["stderr"].to_numpy(dtype=float)
+        n_tasks = len(group)
+        rows.append({**dict(zip(KEYS, key)), "dropped": group["dropped"].iloc[0],
+                     "mean": float(group["value"].mean()), "stderr": float(np.sqrt(np.sum(se ** 2)) / n_tasks),
+                     "n_tasks": n_tasks, "tasks": " ".join(sorted(group["task"]))})
+    acc = pd.DataFrame(rows)
+    dense = _dense_means(acc)
+    base = np.array([dense.get((m, c), np.nan) for m, c in zip(acc["model"], acc["calibration"])])
+    acc["retention"] = 100 * acc["mean"] / base
+    acc["retention_stderr"] = 100 * acc["stderr"] / base
+    return acc
+
+
+def perplexity_table(sweep: pd.DataFrame) -> pd.DataFrame:
+    """WikiText-2 perplexity per (model, calibration, method, granularity, K); empty if not evaluated."""
+    rows = sweep[(sweep["task"] == PERPLEXITY_TASK) & (sweep["metric"] == "perplexity")]
+    return rows[[*KEYS, "dropped", "value", "stderr"]].rename(
+        columns={"value": "perplexity"}).sort_values(KEYS).reset_index(drop=True)
+
+
+def dense_accuracy(acc: pd.DataFrame) -> tuple[float, float]:
+    """Mean accuracy and its standard error of the dense model (K = 0) in a :func:`mean_accuracy` table."""
+    dense = acc[acc["K"] == 0]
+    if dense.empty:
+        return float("nan"), float("nan")
+    return float(dense["mean"].iloc[0]), float(dense["stderr"].iloc[0])
+
+
+def lookup(table: pd.DataFrame, column: str, **where: Any) -> float:
+    """The single value of ``column`` in the rows matching ``where`` (NaN if none)."""
+    mask = np.ones(len(table), dtype=bool)
+    for key, value in where.items():
+        mask &= (table[key] == value).to_numpy()
+    values = table.loc[mask, column]
+    if len(values) > 1 and values.nunique() > 1:
+        raise CompanionError(f"{len(values)} different values of {column} match {where}")
+    return float(values.iloc[0]) if len(values) else float("nan")
+
+
+def mean_retention(acc: pd.DataFrame, method: str, granularity: str, calibration: str | None = None) -> float:
+    """Retention averaged over the sweep's K > 0 (one number for how gracefully accuracy decays)."""
+    rows = acc[(acc["method"] == method) & (acc["granularity"] == granularity) & (acc["K"] > 0)]
+    if calibration is not None:
+        rows = rows[rows["calibration"] == calibration]
+    return float(rows["retention"].mean()) if len(rows) else float("nan")
+
+
+def headline_k(drops: Iterable[int], num_layers: int, fraction: float = HEADLINE_FRACTION) -> int:
+    """The largest K > 0 of ``drops`` with K ≤ fraction × layers (12 of 32 in the paper); 0 if none."""
+    eligible = [k for k in drops if 0 < k <= fraction * num_layers + 1e-9]
+    return max(eligible, default=0)
+
+
+# ---------------------------------------------------------------- speed
+
+def speed_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Speed rows as a table, with speedup spreads (min/max runs over the dense median)."""
+    frame = pd.DataFrame(list(rows))
+    if frame.empty:
+        raise CompanionError("no speed rows")
+    frame["dropped"] = [" ".join(map(str, d)) if isinstance(d, list) else str(d) for d in frame["dropped"]]
+    for phase in ("prefill", "decode"):
+        dense = frame[frame["K"] == 0].set_index("granularity")[f"{phase}_tps"]
+        base = frame["granularity"].map(dense).astype(float)
+        frame[f"measured_speedup_{phase}_lo"] = frame[f"{phase}_tps_lo"] / base
+        frame[f"measured_speedup_{phase}_hi"] = frame[f"{phase}_tps_hi"] / base
+    return frame.sort_values(["granularity", "K"]).reset_index(drop=True)
+
+
+def speedup_efficiency(measured: float, expected: float) -> float:
+    """Share of the FLOP-proportional gain that was measured: (measured − 1) / (expected − 1)."""
+    return (measured - 1) / (expected - 1) if expected != 1 else float("nan")
+
+

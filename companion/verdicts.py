@@ -1,0 +1,84 @@
+"""One-line verdicts by fixed, stated rules, so the book's summary can say whether a run supports a
+claim without hard-coding numbers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .pruning import compression_stage
+
+
+def compare(a: float, a_se: float, b: float, b_se: float, z: float = 2.0) -> int:
+    """+1 if a > b by more than z combined standard errors, −1 if below, 0 otherwise (or unknown se)."""
+    if any(map(_missing, (a, b))):
+        return 0
+    spread = z * math.sqrt((0 if _missing(a_se) else a_se) ** 2 + (0 if _missing(b_se) else b_se) ** 2)
+    if a - b > spread:
+        return 1
+    if b - a > spread:
+        return -1
+    return 0
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def versus(a: float, a_se: float, b: float, b_se: float, a_name: str, b_name: str) -> str:
+    """``"KNN ahead"``, ``"cosine ahead"`` or ``"tie within 2 s.e."`` (see :func:`compare`)."""
+    if any(map(_missing, (a, b))):
+        return "not measured"
+    result = compare(a, a_se, b, b_se)
+    return {1: f"{a_name} ahead", -1: f"{b_name} ahead", 0: "tie within 2 s.e."}[result]
+
+
+def two_stage_verdict(profile: Sequence[float]) -> str:
+    """Whether an entropy profile (L+1 boundary values) falls first and then rises to above its minimum."""
+    stage = compression_stage(list(profile))
+    rises = profile[-1] > profile[stage]
+    if stage == 0:
+        return "no compression stage: entropy does not fall at first" + ("" if rises else " and does not rise")
+    if not rises:
+        return f"falls over the first {stage} layers but does not rise again"
+    return f"two-stage: falls over the first {stage} layers, then rises"
+
+
+def trend_verdict(rho: float, p: float, alpha: float = 0.05) -> str:
+    """A negative depth trend described by its Spearman ρ and p-value."""
+    if _missing(rho):
+        return "not measured"
+    if rho < 0 and p < alpha:
+        return "yes: ΔH falls with depth (p < 0.05)"
+    if rho < 0:
+        return "weak: ΔH tends to fall with depth, not significant"
+    return "no: ΔH does not fall with depth"
+
+
+def ranking(values: Mapping[str, float]) -> str:
+    """Names sorted by value, best first: ``"bucket > knn > renyi"`` (NaN values left out)."""
+    ordered = sorted(((v, k) for k, v in values.items() if not _missing(v)), key=lambda t: -t[0])
+    return " > ".join(k for _, k in ordered) or "not measured"
+
+
+def threshold_verdict(value: float, threshold: float, unit: str = "%") -> str:
+    """``"reached (≥ 95%)"`` or ``"not reached (< 95%)"``."""
+    if _missing(value):
+        return "not measured"
+    return f"reached (≥ {threshold:g}{unit})" if value >= threshold else f"not reached (< {threshold:g}{unit})"
+
+
+def speed_verdict(efficiency: float, good: float = 0.8, above: float = 1.2) -> str:
+    """Whether a measured speedup realises most (≥ 80%) of its FLOP-proportional gain, or more (≥ 120%)."""
+    if _missing(efficiency):
+        return "not measured"
+    if efficiency >= above:
+        return "beyond the FLOP-proportional gain"
+    if efficiency >= good:
+        return f"near-linear: ≥ {good:.0%} of the FLOP-proportional gain"
+    if efficiency > 0:
+        return f"sub-linear: {efficiency:.0%} of the FLOP-proportional gain"
+    return "no measurable speedup"
+
+
