@@ -24,7 +24,7 @@ PROFILES: dict[str, dict] = {
     "default": {
         "models": ["gemma-3-270m"], "calibrations": ["wikitext2", "c4"], "samples": 64, "seqlen": 256, "seed": 2024,
         "methods": ["knn", "bucket", "renyi", "cosine"], "granularities": ["attn", "layer"], "drops": [0, 4, 8],
-        "tasks": ["piqa", "arc_easy", "hellaswag", "winogrande", "wikitext2_ppl"], "limit": 30,
+        "tasks": ["piqa", "arc_easy", "hellaswag", "winogrande", "wikitext2_ppl"], "limit": 60,
         "ppl_seqlen": 512, "ppl_chunks": 4,
         "speed_drops": [0, 4, 8], "speed_prompt": 256, "speed_new_tokens": 32, "speed_repeats": 3,
         "device": "auto", "dtype": "auto",
