@@ -69,6 +69,18 @@ class _Row(NamedTuple):
     owner: int
 
 
+def _cache_rows(cache, rows: torch.Tensor):
+    """A KV cache of the given batch ``rows`` of ``cache``, which is left as it was.
+
+    ``batch_select_indices`` rebinds each layer's keys and values to indexed copies, so selecting
+    on shallow copies of the cache and its layers copies only the selected rows.
+    """
+    selected = copy.copy(cache)
+    selected.layers = [copy.copy(layer) for layer in cache.layers]
+    selected.batch_select_indices(rows)
+    return selected
+
+
 def _shares(prefix: list[int], context: list[int]) -> bool:
     """Whether ``context`` joins a group with ``prefix``: they share at least half of each (and one token)."""
     common = len(os.path.commonprefix([prefix, context[:-1]]))
@@ -233,8 +245,7 @@ class FastHFLM(HFLM):
         owners = torch.tensor([row.owner for row in rows])
         kwargs = {}
         if cache is not None:
-            kwargs["cache"] = copy.deepcopy(cache)
-            kwargs["cache"].batch_select_indices(owners)
+            kwargs["cache"] = _cache_rows(cache, owners)
         visible = prefix_mask[owners] if cache is not None else prefix_mask.new_zeros((len(rows), 0))
         starts = visible.sum(1, keepdim=True)
         return self._forward(
