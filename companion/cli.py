@@ -9,7 +9,8 @@ from pathlib import Path
 
 from .errors import CompanionError
 from .models import DEFAULT_MODEL
-from .profiles import EVAL_BATCH_SIZE, profile
+from .paths import model_slug
+from .profiles import EVAL_BATCH_SIZE, csv_list, int_list, profile
 
 DESCRIPTION = """EntroDrop companion: entropy-based block pruning of decoder-only LLMs.
 
@@ -116,22 +117,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv(value: str | None) -> list[str]:
-    return [v.strip() for v in (value or "").split(",") if v.strip()]
-
-
-def _ints(value: str | None) -> list[int]:
-    try:
-        return [int(v) for v in _csv(value)]
-    except ValueError as exc:
-        raise CompanionError(f"expected comma-separated integers, got '{value}'") from exc
-
 
 def _eval_settings(args: argparse.Namespace, prof: dict):
     from .evaluation import EvalSettings
 
     limit = prof["limit"] if args.limit is None else (None if args.limit == -1 else args.limit)
-    settings = EvalSettings(tasks=_csv(args.tasks) or prof["tasks"], limit=limit, batch_size=args.batch_size,
+    settings = EvalSettings(tasks=csv_list(args.tasks) or prof["tasks"], limit=limit, batch_size=args.batch_size,
                             fast=not args.stock_lm, ppl_seqlen=prof["ppl_seqlen"], ppl_chunks=prof["ppl_chunks"])
     settings.validate()
     return settings
@@ -140,7 +131,7 @@ def _eval_settings(args: argparse.Namespace, prof: dict):
 def cmd_tasks(args: argparse.Namespace) -> int:
     from .tasks import offline_differences, write_task_configs
 
-    folder = write_task_configs(Path(args.out), _csv(args.tasks) or None)
+    folder = write_task_configs(Path(args.out), csv_list(args.tasks) or None)
     for task, note in sorted(offline_differences().items()):
         print(f"{task}: {note}", file=sys.stderr)
     print(f"wrote task configs to {folder}; run them with: lm_eval --include_path {folder} --tasks piqa ...")
@@ -159,7 +150,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pruning = None
     if args.layers is not None or args.drop:
         if args.layers is not None:
-            layers = _ints(args.layers)
+            layers = int_list(args.layers)
         elif args.scores is None:
             raise CompanionError("--drop needs --scores (or give explicit --layers)")
         else:
@@ -189,14 +180,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     eval_settings = _eval_settings(args, prof)
     models = [args.model] if args.model else prof["models"]
     for spec in models:
-        for calibration in _csv(args.calibration) or prof["calibrations"]:
+        for calibration in csv_list(args.calibration) or prof["calibrations"]:
             settings = SweepSettings(calibration=calibration, samples=args.samples or prof["samples"],
                                      seqlen=args.seqlen or prof["seqlen"], seed=prof["seed"] if args.seed is None else args.seed,
-                                     methods=_csv(args.methods) or prof["methods"],
-                                     granularities=_csv(args.granularity) or prof["granularities"],
-                                     drops=_ints(args.drops) or prof["drops"], protect=args.protect)
+                                     methods=csv_list(args.methods) or prof["methods"],
+                                     granularities=csv_list(args.granularity) or prof["granularities"],
+                                     drops=int_list(args.drops) or prof["drops"], protect=args.protect)
             loaded = load_model(spec, prof["device"], prof["dtype"])
-            out = Path(args.out) / spec.replace("/", "__")
+            out = Path(args.out) / model_slug(spec)
             rows = run_sweep(loaded, settings, eval_settings, out, progress=not args.quiet)
             print(f"wrote {out}/sweep_{Path(calibration).stem}.csv ({len(rows)} rows)", file=sys.stderr)
     return 0
@@ -211,8 +202,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
     measure = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
                "warmup": args.warmup, "repeats": args.repeats}
     rows = []
-    for granularity in _csv(args.granularity):
-        rows += speed_sweep(loaded, read_scores(args.scores), args.method, granularity, _ints(args.drops),
+    for granularity in csv_list(args.granularity):
+        rows += speed_sweep(loaded, read_scores(args.scores), args.method, granularity, int_list(args.drops),
                             args.protect, **measure)
     for row in rows:
         print(f"{row['granularity']:>5} K={row['K']:<3} prefill {row['prefill_tps']:.1f} tok/s "
@@ -229,7 +220,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     parameters = {"profile": args.profile, "model": args.model or "", "device": args.device or "",
                   "dtype": args.dtype or "", "results_dir": args.results}
-    executed = run_notebooks(Path(args.notebooks), Path(args.out), parameters, _csv(args.only) or None,
+    executed = run_notebooks(Path(args.notebooks), Path(args.out), parameters, csv_list(args.only) or None,
                              Path(args.book_figures) if args.book_figures else None, args.force)
     print(f"executed {len(executed)} notebook(s): {', '.join(executed) or 'none (all up to date)'}", file=sys.stderr)
     return 0

@@ -61,7 +61,7 @@ class _Group:
 
 
 class _Row(NamedTuple):
-    """One request in the second pass: its tokens after the prefix, and its group's cache row (lone: -1)."""
+    """One request in the second pass: its tokens after the prefix, and its group's row in the prefix cache."""
 
     index: int
     tokens: list[int]
@@ -201,14 +201,13 @@ class FastHFLM(HFLM):
         The prefixes are left-padded into one batch (at most ``batch_size`` of them) and run
         without logits; a window of lone requests has no cache and an empty mask.
         """
-        shared = [group for group in window if group.prefix]
-        width = max((len(group.prefix) for group in shared), default=0)
-        prefix_mask = torch.zeros((len(shared), width), dtype=torch.long)
+        width = max(len(group.prefix) for group in window)  # 0: a window of lone requests (see _windows)
+        prefix_mask = torch.zeros((len(window), width), dtype=torch.long)
         cache = None
-        if shared:
+        if width:
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            ids = torch.full((len(shared), width), pad, dtype=torch.long)
-            for row, group in enumerate(shared):
+            ids = torch.full((len(window), width), pad, dtype=torch.long)
+            for row, group in enumerate(window):
                 ids[row, width - len(group.prefix) :] = torch.tensor(group.prefix)
                 prefix_mask[row, width - len(group.prefix) :] = 1
             cache = self._forward(
@@ -216,12 +215,11 @@ class FastHFLM(HFLM):
                 attention_mask=prefix_mask.to(self.device),
                 position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0).to(self.device),
                 use_cache=True,
-                logits_to_keep=torch.zeros((len(shared), width), dtype=torch.bool),
+                logits_to_keep=torch.zeros((len(window), width), dtype=torch.bool),
             ).cache
-        owner = {id(group): row for row, group in enumerate(shared)}
         rows = [
-            _Row(index, context[len(group.prefix) :] + continuation[:-1], continuation, owner.get(id(group), -1))
-            for group in window
+            _Row(index, context[len(group.prefix) :] + continuation[:-1], continuation, row)
+            for row, group in enumerate(window)
             for index, context, continuation in zip(group.members, group.contexts, group.continuations, strict=True)
         ]
         rows.sort(key=lambda row: (-len(row.tokens), row.index))
@@ -246,7 +244,7 @@ class FastHFLM(HFLM):
         kwargs = {}
         if cache is not None:
             kwargs["cache"] = _cache_rows(cache, owners)
-        visible = prefix_mask[owners] if cache is not None else prefix_mask.new_zeros((len(rows), 0))
+        visible = prefix_mask[owners]  # no columns for lone requests
         starts = visible.sum(1, keepdim=True)
         return self._forward(
             ids.to(self.device),

@@ -41,3 +41,8 @@ def cache_dir() -> Path:
     path = Path(value).expanduser() if value else Path.home() / ".cache" / "companion"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def model_slug(spec: str) -> str:
+    """A model spec as a results folder name: ``meta-llama/Llama-3.1-8B`` -> ``meta-llama__Llama-3.1-8B``."""
+    return spec.replace("/", "__")

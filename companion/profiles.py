@@ -4,6 +4,8 @@ override single fields."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from .errors import CompanionError
 
 # lm-eval batch size (requests per forward pass) unless set: FastHFLM was fastest at 16 of 8/16/32 on a
@@ -47,3 +49,18 @@ def profile(name: str, **overrides) -> dict:
     settings = dict(PROFILES[name])
     settings.update({k: v for k, v in overrides.items() if v not in (None, "", [])})
     return settings
+
+
+def csv_list(value: str | Iterable[object] | None) -> list[str]:
+    """A comma-separated flag or parameter (or a list of values) as a list of non-empty strings."""
+    if value is None or isinstance(value, str):
+        return [v.strip() for v in (value or "").split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def int_list(value: str | Iterable[object] | None) -> list[int]:
+    """:func:`csv_list` as integers; anything else is a one-line error."""
+    try:
+        return [int(v) for v in csv_list(value)]
+    except ValueError as exc:
+        raise CompanionError(f"expected comma-separated integers, got '{value}'") from exc

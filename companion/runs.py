@@ -19,6 +19,8 @@ import pandas as pd
 
 from .errors import CompanionError
 from .evaluation import PERPLEXITY_TASK, EvalSettings
+from .paths import model_slug
+from .profiles import csv_list, int_list
 from .profiles import profile as profile_settings
 from .pruning import GRANULARITIES
 from .scoring import ENTROPY_NAMES, ScoreSettings, read_scores, reusable_scores
@@ -30,24 +32,6 @@ PARAMETERS = ("profile", "model", "device", "dtype", "calibration", "samples", "
 SIMILARITY_NAMES = ("cosine", "angular")
 SPEED_BATCH_SIZE = 1
 SPEED_WARMUP = 1
-
-
-def _csv(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return [str(v) for v in value or []]
-
-
-def _ints(value: Any) -> list[int]:
-    try:
-        return [int(v) for v in _csv(value)]
-    except ValueError as exc:
-        raise CompanionError(f"expected comma-separated integers, got '{value}'") from exc
-
-
-def model_slug(spec: str) -> str:
-    """A model spec as a folder name: ``meta-llama/Llama-3.1-8B`` -> ``meta-llama__Llama-3.1-8B``."""
-    return spec.replace("/", "__")
 
 
 @dataclass
@@ -174,20 +158,20 @@ def resolve_parameters(values: Mapping[str, Any]) -> Run:
                 if get[key] not in (None, "") and int(get[key]) > 0}
     all_examples = get["limit"] not in (None, "") and int(get["limit"]) == -1
     model = get["model"] or prof["models"][0]
-    granularities = _csv(get["granularities"]) or list(prof["granularities"])
+    granularities = csv_list(get["granularities"]) or list(prof["granularities"])
     bad = [g for g in granularities if g not in GRANULARITIES]
     if bad:
         raise CompanionError(f"unknown granularity '{bad[0]}'; choose from {', '.join(GRANULARITIES)}")
-    drops = _ints(get["drops"]) or list(prof["drops"])
+    drops = int_list(get["drops"]) or list(prof["drops"])
     if 0 not in drops:
         drops = [0, *drops]  # retention needs the dense model
     results_dir = Path(get["results_dir"] or "results")
     return Run(
         profile=name, model=model, device=prof["device"], dtype=prof["dtype"],
-        calibrations=_csv(get["calibration"]) or list(prof["calibrations"]),
+        calibrations=csv_list(get["calibration"]) or list(prof["calibrations"]),
         samples=positive.get("samples", prof["samples"]), seqlen=positive.get("seqlen", prof["seqlen"]),
-        seed=positive.get("seed", prof["seed"]), methods=_csv(get["estimators"]) or list(prof["methods"]),
-        granularities=granularities, drops=sorted(set(drops)), tasks=_csv(get["tasks"]) or list(prof["tasks"]),
+        seed=positive.get("seed", prof["seed"]), methods=csv_list(get["estimators"]) or list(prof["methods"]),
+        granularities=granularities, drops=sorted(set(drops)), tasks=csv_list(get["tasks"]) or list(prof["tasks"]),
         limit=None if all_examples else positive.get("limit", prof["limit"]), ppl_seqlen=prof["ppl_seqlen"], ppl_chunks=prof["ppl_chunks"],
         speed_drops=list(prof["speed_drops"]), speed_prompt=prof["speed_prompt"],
         speed_new_tokens=prof["speed_new_tokens"], speed_repeats=prof["speed_repeats"],
