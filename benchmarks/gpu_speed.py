@@ -14,12 +14,11 @@ import argparse
 from pathlib import Path
 
 import torch
-
-from companion.data import Documents, Windows
-from companion.scoring import ScoreSettings, score
-from companion.speed import speed_sweep, write_speed
-
 from scoring import SHAPES, random_loaded
+
+from companion.experiments.speed import speed_sweep, write_speed
+from companion.method.calibration import Documents, Windows
+from companion.method.scoring import ScoreSettings, score
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Each measurement runs in its own child process (so peak memory is that configuration's alone):
 ``forward`` is ``model(input_ids)`` (the full causal LM, logits included), ``backbone`` is the decoder
-stack alone, and ``score`` is ``companion.scoring.collect`` with all five estimators on all three
+stack alone, and ``score`` is ``companion.method.scoring.collect`` with all five estimators on all three
 granularities (it runs the backbone plus the estimators). Time is the median over repeats after a
 warm-up batch; memory is the peak RSS of the child on CPU, or ``torch.cuda.max_memory_allocated`` on
 CUDA. The last line is ``time_ratio=<score/forward> memory_ratio=<score/forward>``.
@@ -26,7 +26,6 @@ import time
 
 import torch
 
-
 SHAPES = {
     "llama-3.1-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                          num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
@@ -38,7 +37,7 @@ def random_loaded(shape: str, device: str, dtype: str):
     """A randomly initialised Llama of a known shape, built directly on ``device``."""
     import transformers
 
-    from companion.models import LoadedModel, resolve_device, resolve_dtype
+    from companion.model.loading import LoadedModel, resolve_device, resolve_dtype
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -55,8 +54,8 @@ def random_loaded(shape: str, device: str, dtype: str):
 
 def load(args: argparse.Namespace):
     """The model and calibration windows a run measures."""
-    from companion.data import Windows, load_documents, sample_windows
-    from companion.models import load_model
+    from companion.method.calibration import Windows, load_documents, sample_windows
+    from companion.model.loading import load_model
 
     if args.random_shape:
         loaded = random_loaded(args.random_shape, args.device, args.dtype)
@@ -68,8 +67,8 @@ def load(args: argparse.Namespace):
 
 
 def worker(args: argparse.Namespace) -> dict:
-    from companion import adapters
-    from companion.scoring import ScoreSettings, collect
+    from companion.method.scoring import ScoreSettings, collect
+    from companion.model import adapters
 
     loaded, windows = load(args)
     device = next(loaded.model.parameters()).device

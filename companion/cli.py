@@ -7,10 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import CompanionError
-from .models import DEFAULT_MODEL
-from .paths import model_slug
-from .profiles import EVAL_BATCH_SIZE, csv_list, int_list, profile
+from companion.errors import CompanionError
+from companion.model.loading import DEFAULT_MODEL
+from companion.paths import model_slug
+from companion.profiles import EVAL_BATCH_SIZE, csv_list, int_list, profile
 
 DESCRIPTION = """EntroDrop companion: entropy-based block pruning of decoder-only LLMs.
 
@@ -42,10 +42,10 @@ def _order_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .data import load_documents, sample_windows
-    from .io import atomic_write_json
-    from .models import load_model
-    from .scoring import ScoreSettings, reusable_scores, score
+    from companion.io import atomic_write_json
+    from companion.method.calibration import load_documents, sample_windows
+    from companion.method.scoring import ScoreSettings, reusable_scores, score
+    from companion.model.loading import load_model
 
     settings = ScoreSettings(
         estimators=[e.strip() for e in args.estimators.split(",") if e.strip()],
@@ -67,8 +67,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_order(args: argparse.Namespace) -> int:
-    from .pruning import drop_order
-    from .scoring import read_scores
+    from companion.method.orders import drop_order
+    from companion.method.scoring import read_scores
 
     order = drop_order(read_scores(args.scores), args.method, args.granularity, args.protect)
     if args.format == "rank":
@@ -81,9 +81,11 @@ def cmd_order(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from .models import load_model
-    from .pruning import Pruning, apply_pruning, drop_order, save_pruned
-    from .scoring import read_scores
+    from companion.method.orders import drop_order
+    from companion.method.scoring import read_scores
+    from companion.model.checkpoints import save_pruned
+    from companion.model.loading import load_model
+    from companion.model.surgery import Pruning, apply_pruning
 
     if args.layers is not None:
         layers = [int(v) for v in args.layers.split(",") if v.strip()]
@@ -103,9 +105,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .adapters import family_of, text_config
-    from .models import load_model
-    from .pruning import count_parameters
+    from companion.model.adapters import family_of, text_config
+    from companion.model.loading import load_model
+    from companion.model.surgery import count_parameters
 
     loaded = load_model(args.model, args.device, args.dtype)
     config = text_config(loaded.model)
@@ -119,7 +121,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _eval_settings(args: argparse.Namespace, prof: dict):
-    from .evaluation import EvalSettings
+    from companion.experiments.evaluation import EvalSettings
 
     limit = prof["limit"] if args.limit is None else (None if args.limit == -1 else args.limit)
     settings = EvalSettings(tasks=csv_list(args.tasks) or prof["tasks"], limit=limit, batch_size=args.batch_size,
@@ -129,7 +131,7 @@ def _eval_settings(args: argparse.Namespace, prof: dict):
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from .tasks import offline_differences, write_task_configs
+    from companion.experiments.tasks import offline_differences, write_task_configs
 
     folder = write_task_configs(Path(args.out), csv_list(args.tasks) or None)
     for task, note in sorted(offline_differences().items()):
@@ -139,12 +141,13 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate
-    from .io import atomic_write_json
-    from .models import load_model
-    from .provenance import environment, timestamp
-    from .pruning import Pruning, apply_pruning, drop_order
-    from .scoring import read_scores
+    from companion.experiments.evaluation import evaluate
+    from companion.io import atomic_write_json
+    from companion.method.orders import drop_order
+    from companion.method.scoring import read_scores
+    from companion.model.loading import load_model
+    from companion.model.surgery import Pruning, apply_pruning
+    from companion.provenance import environment, timestamp
 
     settings = _eval_settings(args, profile(args.profile))
     pruning = None
@@ -173,8 +176,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .models import load_model
-    from .sweep import SweepSettings, run_sweep
+    from companion.experiments.sweep import SweepSettings, run_sweep
+    from companion.model.loading import load_model
 
     prof = profile(args.profile, device=args.device, dtype=args.dtype)
     eval_settings = _eval_settings(args, prof)
@@ -194,9 +197,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from .models import load_model
-    from .scoring import read_scores
-    from .speed import speed_sweep, write_speed
+    from companion.experiments.speed import speed_sweep, write_speed
+    from companion.method.scoring import read_scores
+    from companion.model.loading import load_model
 
     loaded = load_model(args.model, args.device, args.dtype)
     measure = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
@@ -216,7 +219,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from .reproduce import run_notebooks
+    from companion.analysis.reproduce import run_notebooks
 
     parameters = {"profile": args.profile, "model": args.model or "", "device": args.device or "",
                   "dtype": args.dtype or "", "results_dir": args.results}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import CompanionError
+from companion.errors import CompanionError
 
 DATA_ENV = "COMPANION_DATA_DIR"
 CACHE_ENV = "COMPANION_CACHE_DIR"

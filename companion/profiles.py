@@ -6,14 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .errors import CompanionError
+from companion.errors import CompanionError
+from companion.names import GUESSED_PAPER_TASKS, PAPER_TASKS, PERPLEXITY_TASK
 
 # lm-eval batch size (requests per forward pass) unless set: FastHFLM was fastest at 16 of 8/16/32 on a
 # 2-core CPU, where stock HFLM is as fast at 8 as at 16 (benchmarks/README.md).
 EVAL_BATCH_SIZE = 16
-
-PAPER_TASKS = ["piqa", "hellaswag", "winogrande", "wsc273", "commonsense_qa", "mmlu", "cmmlu", "arc_easy",
-               "arc_challenge", "openbookqa", "race", "boolq", "lambada_openai"]
 
 PROFILES: dict[str, dict] = {
     "smoke": {
@@ -34,7 +32,7 @@ PROFILES: dict[str, dict] = {
     "paper": {
         "models": ["meta-llama/Llama-3.1-8B", "mistralai/Mistral-7B-v0.3"], "calibrations": ["c4", "wikitext2"],
         "samples": 128, "seqlen": 256, "seed": 2024, "methods": ["knn", "bucket", "renyi", "cosine"],
-        "granularities": ["attn", "layer"], "drops": [0, 4, 8, 12, 16], "tasks": PAPER_TASKS + ["wikitext2_ppl"],
+        "granularities": ["attn", "layer"], "drops": [0, 4, 8, 12, 16], "tasks": [*PAPER_TASKS, *GUESSED_PAPER_TASKS, PERPLEXITY_TASK],
         "limit": None, "ppl_seqlen": 2048, "ppl_chunks": None,
         "speed_drops": [0, 4, 8, 12, 16], "speed_prompt": 1024, "speed_new_tokens": 128, "speed_repeats": 10,
         "device": "auto", "dtype": "auto",

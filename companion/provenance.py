@@ -8,7 +8,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__
+from companion import __version__
 
 _PACKAGES = ("torch", "transformers", "lm_eval", "accelerate", "datasets")
 

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from companion import figures, findings, runs, tables, verdicts
+from companion.analysis import figures, findings, runs, tables, verdicts
 from companion.errors import CompanionError
-from companion.pruning import DropOrder, drop_order
+from companion.method.orders import DropOrder, drop_order
 
 LAYERS = 6
 
@@ -188,7 +188,7 @@ def test_mean_accuracy_stderr_and_retention():
 
 
 def test_sweep_tables_round_trip_through_csv_and_json(tmp_path):
-    from companion.sweep import write_table
+    from companion.experiments.sweep import write_table
 
     rows = sweep_rows()
     rows[0]["stderr"] = None

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import transformers
+from conftest import make_tiny_tokenizer
 
 from companion.cli import main
-from conftest import make_tiny_tokenizer
 
 
 @pytest.fixture

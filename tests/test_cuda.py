@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from companion import estimators
-from companion.data import Windows
-from companion.models import LoadedModel
-from companion.pruning import Pruning, apply_pruning
-from companion.scoring import ScoreSettings, collect
 from conftest import make_tiny_model, make_tiny_tokenizer
+
+from companion.method import estimators
+from companion.method.calibration import Windows
+from companion.method.scoring import ScoreSettings, collect
+from companion.model.loading import LoadedModel
+from companion.model.surgery import Pruning, apply_pruning
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

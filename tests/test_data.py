@@ -9,11 +9,11 @@ import random
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from companion import data
-from companion.data import Documents, load_documents, sample_windows, wikitext_articles
-from companion.errors import CompanionError
 from conftest import make_tiny_tokenizer
+
+from companion.errors import CompanionError
+from companion.method import calibration as data
+from companion.method.calibration import Documents, load_documents, sample_windows, wikitext_articles
 
 
 @pytest.fixture(autouse=True)

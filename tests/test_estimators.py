@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 
 from companion.errors import CompanionError
-from companion.estimators import (
+from companion.method.estimators import (
     ENTROPY_ESTIMATORS,
     SIMILARITY_SCORES,
     angular,

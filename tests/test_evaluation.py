@@ -10,15 +10,16 @@ import sys
 
 import pytest
 import torch
+from conftest import make_tiny_model, make_tiny_tokenizer
 
-from companion import evaluation
 from companion.cli import main
 from companion.errors import CompanionError
-from companion.evaluation import PERPLEXITY_TASK, EvalSettings, evaluate
-from companion.models import LoadedModel, load_model
-from companion.pruning import Pruning, apply_pruning
-from companion.sweep import COLUMNS, SweepSettings, plan, run_sweep
-from conftest import make_tiny_model, make_tiny_tokenizer
+from companion.experiments import evaluation
+from companion.experiments.evaluation import EvalSettings, evaluate
+from companion.experiments.sweep import COLUMNS, SweepSettings, plan, run_sweep
+from companion.model.loading import LoadedModel, load_model
+from companion.model.surgery import Pruning, apply_pruning
+from companion.names import PERPLEXITY_TASK
 
 needs_data = pytest.mark.skipif(not os.environ.get("COMPANION_DATA_DIR"), reason="COMPANION_DATA_DIR is not set")
 
@@ -70,7 +71,7 @@ def test_bad_evaluation_settings():
 def test_perplexity_matches_a_direct_computation():
     loaded = _loaded()
     rows = evaluation.perplexity(loaded, seqlen=16, chunks=3)
-    from companion.data import load_rows
+    from companion.method.calibration import load_rows
 
     ids = loaded.tokenizer("\n\n".join(load_rows("wikitext2", "test")[0]), return_tensors="pt").input_ids[0]
     windows = ids[:48].view(3, 16)
@@ -97,7 +98,7 @@ def test_plan_and_sweep_evaluate_each_distinct_pruning_once(tmp_path, counted, m
     with pytest.raises(CompanionError, match="cannot drop 5"):
         plan(_scores(), SweepSettings(methods=["knn"], granularities=["attn"], drops=[5]))
     scores = {**_scores(), "created": "now", "data": {"source": "toy"}}
-    monkeypatch.setattr("companion.sweep.scores_for", lambda *a, **k: scores)
+    monkeypatch.setattr("companion.experiments.sweep.scores_for", lambda *a, **k: scores)
     rows = run_sweep(_loaded(), settings, EvalSettings(tasks=["piqa"], limit=4), tmp_path, progress=False)
     # dense once; attn/layer: {1}, {1,2} (shared by knn and cosine at K=2), {2}: 1 + 2 * 3 = 7 evaluations
     assert len(counted) == 7

@@ -12,7 +12,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from companion.fastlm import FastHFLM, make_lm
+from companion.experiments.fastlm import FastHFLM, make_lm
 
 WORDS = [f"w{i}" for i in range(300)]
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -110,7 +110,7 @@ def test_loglikelihood_rolling_matches_stock(model, tokenizer, batch_size: int) 
 
 
 def test_make_lm_picks_the_class(model, tokenizer, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="companion.fastlm"):
+    with caplog.at_level(logging.WARNING, logger="companion.experiments.fastlm"):
         assert type(make_lm(model, tokenizer, fast=True)) is FastHFLM
     assert "scoring as stock" not in caplog.text, "the tiny models must take the fast path"
     assert type(make_lm(model, tokenizer, fast=False)) is HFLM
@@ -125,7 +125,7 @@ def test_model_without_logits_mask_is_scored_as_stock(tokenizer, monkeypatch, ca
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(CONFIGS["llama"]()).eval()
     requests = _requests(model, tokenizer)
-    with caplog.at_level(logging.WARNING, logger="companion.fastlm"):
+    with caplog.at_level(logging.WARNING, logger="companion.experiments.fastlm"):
         fast = _lm(model, tokenizer, True, 4).loglikelihood(requests, disable_tqdm=True)
     assert "scoring as stock" in caplog.text
     assert fast == _lm(model, tokenizer, False, 4).loglikelihood(requests, disable_tqdm=True)
@@ -134,7 +134,7 @@ def test_model_without_logits_mask_is_scored_as_stock(tokenizer, monkeypatch, ca
 @pytest.mark.parametrize("granularity,layers", [("attn", [0]), ("mlp", [1]), ("layer", [0])])
 def test_pruned_model_matches_stock(tokenizer, granularity: str, layers: list[int]) -> None:
     """Dropped attention keeps a placeholder in the KV cache that the shared-context pass copies per row."""
-    from companion.pruning import Pruning, temporarily_pruned
+    from companion.model.surgery import Pruning, temporarily_pruned
 
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(CONFIGS["gemma3"]()).eval()

@@ -9,8 +9,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from companion.cli import main
-from companion.models import load_model
-from companion.pruning import Pruning, apply_pruning
+from companion.model.loading import load_model
+from companion.model.surgery import Pruning, apply_pruning
 
 pytestmark = pytest.mark.integration
 

@@ -6,13 +6,14 @@ import json
 
 import pytest
 import torch
-
-from companion import adapters, estimators
-from companion.data import Documents, Windows
-from companion.errors import CompanionError
-from companion.models import LoadedModel
-from companion.scoring import ScoreSettings, collect, read_scores, score
 from conftest import make_tiny_model, make_tiny_tokenizer
+
+from companion.errors import CompanionError
+from companion.method import estimators
+from companion.method.calibration import Documents, Windows
+from companion.method.scoring import ScoreSettings, collect, read_scores, score
+from companion.model import adapters
+from companion.model.loading import LoadedModel
 
 SETTINGS = ScoreSettings(params={"knn": {"k": 3}, "bucket": {"bins": 5}, "renyi": {"alpha": 4.0}}, batch_size=3)
 

@@ -8,14 +8,23 @@ import json
 
 import pytest
 import torch
-
-from companion import adapters
-from companion.errors import CompanionError
-from companion.models import LoadedModel
-from companion.pruning import Pruning, apply_pruning, count_parameters, drop_order
-from companion.speed import (_window, forward_flops, kv_cache_bytes, measure, run_flops, speed_sweep, timed_greedy,
-                             write_speed)
 from conftest import make_tiny_model, make_tiny_tokenizer
+
+from companion.errors import CompanionError
+from companion.experiments.speed import (
+    _window,
+    forward_flops,
+    kv_cache_bytes,
+    measure,
+    run_flops,
+    speed_sweep,
+    timed_greedy,
+    write_speed,
+)
+from companion.method.orders import drop_order
+from companion.model import adapters
+from companion.model.loading import LoadedModel
+from companion.model.surgery import Pruning, apply_pruning, count_parameters
 
 # Tiny configs (conftest): hidden 32, 4 query heads and 2 key/value heads of dim 8, MLP 64, vocab 96, 4 layers.
 PROJ = 2 * (32 * 32 + 32 * 16 + 32 * 16 + 32 * 32)  # Q, K, V, O per token and layer: 6144

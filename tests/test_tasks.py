@@ -15,8 +15,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 
-from companion import tasks as T  # noqa: E402
 from companion.errors import CompanionError  # noqa: E402
+from companion.experiments import tasks as T  # noqa: E402
 from companion.io import sha256_file  # noqa: E402
 from companion.paths import DATA_ENV  # noqa: E402
 

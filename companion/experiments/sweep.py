@@ -14,16 +14,18 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .data import load_documents, sample_windows
-from .errors import CompanionError
-from .evaluation import EvalSettings, evaluate, primary_metric
-from .io import atomic_write_json, atomic_write_text
-from .hub import hub_reachable
-from .models import LoadedModel
-from .provenance import environment, timestamp
-from .pruning import Pruning, count_parameters, drop_order, temporarily_pruned
-from .scoring import ScoreSettings, reusable_scores, score
-from .tasks import offline_differences
+from companion.errors import CompanionError
+from companion.experiments.evaluation import EvalSettings, evaluate
+from companion.experiments.tasks import offline_differences
+from companion.hub import hub_reachable
+from companion.io import atomic_write_json, atomic_write_text
+from companion.method.calibration import load_documents, sample_windows
+from companion.method.orders import drop_order
+from companion.method.scoring import ScoreSettings, reusable_scores, score
+from companion.model.loading import LoadedModel
+from companion.model.surgery import Pruning, count_parameters, temporarily_pruned
+from companion.names import primary_metric
+from companion.provenance import environment, timestamp
 
 COLUMNS = ["model", "calibration", "method", "granularity", "K", "dropped", "task", "metric", "primary", "value",
            "stderr", "n", "params"]

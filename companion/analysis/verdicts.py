@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .pruning import compression_stage
+from companion.method.orders import compression_stage
 
 
 def compare(a: float, a_se: float, b: float, b_se: float, z: float = 2.0) -> int:

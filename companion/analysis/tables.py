@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .errors import CompanionError
-from .evaluation import PERPLEXITY_TASK
-from .pruning import GRANULARITIES, DropOrder, compression_stage, drop_order
+from companion.errors import CompanionError
+from companion.method.orders import DropOrder, compression_stage, drop_order
+from companion.names import GRANULARITIES, PERPLEXITY_TASK
 
 HEADLINE_FRACTION = 12 / 32  # the paper's headline: 12 of 32 attention layers dropped
 

@@ -9,10 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .evaluation import PERPLEXITY_TASK
-from .pruning import compression_stage, drop_order
-from .runs import Run
-from .tables import (
+from companion.analysis.runs import Run
+from companion.analysis.tables import (
     dense_accuracy,
     drop_set_overlap,
     headline_k,
@@ -23,7 +21,7 @@ from .tables import (
     rank_correlation,
     speedup_efficiency,
 )
-from .verdicts import (
+from companion.analysis.verdicts import (
     ranking,
     speed_verdict,
     threshold_verdict,
@@ -31,6 +29,8 @@ from .verdicts import (
     two_stage_verdict,
     versus,
 )
+from companion.method.orders import compression_stage, drop_order
+from companion.names import PERPLEXITY_TASK
 
 HEADLINE_RETENTION = 95.0  # the paper's headline: "95%+" of the dense accuracy kept
 STANDARD_ENTROPY = ("knn", "bucket", "renyi")

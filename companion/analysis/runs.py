@@ -17,19 +17,18 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import CompanionError
-from .evaluation import PERPLEXITY_TASK, EvalSettings
-from .paths import model_slug
-from .profiles import csv_list, int_list
-from .profiles import profile as profile_settings
-from .pruning import GRANULARITIES
-from .scoring import ENTROPY_NAMES, ScoreSettings, read_scores, reusable_scores
-from .sweep import SweepSettings
-from .tables import speed_frame, sweep_frame
+from companion.analysis.tables import speed_frame, sweep_frame
+from companion.errors import CompanionError
+from companion.experiments.evaluation import EvalSettings
+from companion.experiments.sweep import SweepSettings
+from companion.method.scoring import ScoreSettings, read_scores, reusable_scores
+from companion.names import ENTROPY_METHODS, GRANULARITIES, PERPLEXITY_TASK, SIMILARITY_METHODS
+from companion.paths import model_slug
+from companion.profiles import csv_list, int_list
+from companion.profiles import profile as profile_settings
 
 PARAMETERS = ("profile", "model", "device", "dtype", "calibration", "samples", "seqlen", "seed", "estimators",
               "granularities", "drops", "tasks", "limit", "results_dir")
-SIMILARITY_NAMES = ("cosine", "angular")
 SPEED_BATCH_SIZE = 1
 SPEED_WARMUP = 1
 
@@ -69,12 +68,12 @@ class Run:
     @property
     def entropy_methods(self) -> list[str]:
         """The entropy estimators among the run's methods."""
-        return [m for m in self.methods if m in ENTROPY_NAMES]
+        return [m for m in self.methods if m in ENTROPY_METHODS]
 
     @property
     def similarity_methods(self) -> list[str]:
         """The similarity criteria among the run's methods."""
-        return [m for m in self.methods if m in SIMILARITY_NAMES]
+        return [m for m in self.methods if m in SIMILARITY_METHODS]
 
     @property
     def figures_dir(self) -> Path:
@@ -99,7 +98,7 @@ class Run:
 
     def resolved_device_dtype(self) -> tuple[str, str]:
         """The device and dtype ``load_model`` will use, as strings, without loading anything."""
-        from .models import resolve_device, resolve_dtype
+        from companion.model.loading import resolve_device, resolve_dtype
 
         device = resolve_device(self.device)
         return str(device), str(resolve_dtype(self.dtype, device)).replace("torch.", "")
@@ -107,7 +106,7 @@ class Run:
     def loaded(self):
         """The model, loaded once per run and only when something has to be computed."""
         if self._loaded is None:
-            from .models import load_model
+            from companion.model.loading import load_model
 
             self._loaded = load_model(self.model, self.device, self.dtype)
         return self._loaded
@@ -187,7 +186,7 @@ def _stem(calibration: str) -> str:
 
 def ensure_scores(run: Run, calibration: str | None = None) -> dict:
     """The scores file of ``run`` on ``calibration`` (the one the sweep uses), computed if missing."""
-    from .sweep import scores_for
+    from companion.experiments.sweep import scores_for
 
     settings = run.sweep_settings(calibration)
     path = run.out_dir / f"scores_{_stem(settings.calibration)}.json"
@@ -209,7 +208,7 @@ def _same_sweep(stored: dict, run: Run, settings: SweepSettings, scores: dict) -
 def ensure_sweep(run: Run, calibration: str | None = None, force: bool = False) -> pd.DataFrame:
     """The sweep table of ``run`` on ``calibration``: read from ``sweep_<calibration>.json`` when it holds
     the same settings, evaluation, model, dtype and scores; otherwise run (evaluations are cached)."""
-    from .sweep import run_sweep
+    from companion.experiments.sweep import run_sweep
 
     settings = run.sweep_settings(calibration)
     scores = ensure_scores(run, settings.calibration)
@@ -235,7 +234,7 @@ def ensure_speed(run: Run, scores: dict, method: str = "knn", granularities: Seq
                  force: bool = False) -> pd.DataFrame:
     """Speed rows of ``method``'s drop orders at ``granularities``: read from ``speed.json`` in the results
     folder when it was measured with the same settings, otherwise measured (the slow part) and written."""
-    from .speed import speed_sweep, write_speed
+    from companion.experiments.speed import speed_sweep, write_speed
 
     settings = speed_settings(run, scores, method, granularities)
     path = run.out_dir / "speed.json"
@@ -253,7 +252,7 @@ def ensure_speed(run: Run, scores: dict, method: str = "knn", granularities: Seq
 
 
 def load_scores(path: str | Path) -> dict:
-    """A scores file (see :func:`companion.scoring.read_scores`)."""
+    """A scores file (see :func:`companion.method.scoring.read_scores`)."""
     return read_scores(path)
 
 
@@ -268,7 +267,7 @@ def load_sweep(path: str | Path) -> pd.DataFrame:
 
 
 def load_speed(path: str | Path) -> pd.DataFrame:
-    """The rows of a ``speed.json`` written by ``companion.speed.write_speed``."""
+    """The rows of a ``speed.json`` written by ``companion.experiments.speed.write_speed``."""
     return speed_frame(json.loads(Path(path).read_text(encoding="utf-8"))["rows"])
 
 

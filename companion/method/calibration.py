@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import CompanionError
-from .hub import hub_reachable
-from .io import sha256_file, sha256_text
-from .paths import data_file
+from companion.errors import CompanionError
+from companion.hub import hub_reachable
+from companion.io import sha256_file, sha256_text
+from companion.paths import data_file
 
 # Local copies under COMPANION_DATA_DIR (see its SOURCES.md). WikiText-2 has no train split there.
 LOCAL_SOURCES = {

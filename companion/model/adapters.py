@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import CompanionError
+from companion.errors import CompanionError
 
 
 @dataclass(frozen=True)

@@ -21,17 +21,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import adapters
-from .data import Documents, Windows
-from .errors import CompanionError
-from .estimators import SIMILARITY_SCORES, entropy_estimator
-from .models import LoadedModel
-from .provenance import environment, timestamp
+from companion.errors import CompanionError
+from companion.method.calibration import Documents, Windows
+from companion.method.estimators import SIMILARITY_SCORES, entropy_estimator
+from companion.model import adapters
+from companion.model.loading import LoadedModel
+from companion.names import ENTROPY_METHODS, GRANULARITIES
+from companion.provenance import environment, timestamp
 
 SCHEMA = "companion.scores/1"
-GRANULARITIES = ("attn", "mlp", "layer")
 DEFAULT_PARAMS = {"knn": {"k": 25}, "bucket": {"bins": 80}, "renyi": {"alpha": 4.0}}
-ENTROPY_NAMES = tuple(DEFAULT_PARAMS)
 
 
 @dataclass
@@ -43,7 +42,7 @@ class ScoreSettings:
     batch_size: int = 8
 
     def validate(self) -> None:
-        known = set(ENTROPY_NAMES) | set(SIMILARITY_SCORES)
+        known = set(ENTROPY_METHODS) | set(SIMILARITY_SCORES)
         unknown = [name for name in self.estimators if name not in known]
         if unknown or not self.estimators:
             raise CompanionError(f"unknown estimator '{(unknown or [''])[0]}'; choose from {', '.join(sorted(known))}")
@@ -117,7 +116,7 @@ def collect(loaded: LoadedModel, windows: Windows, settings: ScoreSettings, prog
     """
     settings.validate()
     entropy_fns = {name: entropy_estimator(name, **settings.params.get(name, {}))
-                   for name in settings.estimators if name in ENTROPY_NAMES}
+                   for name in settings.estimators if name in ENTROPY_METHODS}
     similarity_fns = {name: SIMILARITY_SCORES[name] for name in settings.estimators if name in SIMILARITY_SCORES}
     recorder = _Recorder(entropy_fns, similarity_fns)
     backbone = adapters.decoder(loaded.model)

@@ -2,7 +2,7 @@
 
 Tasks run through lm-evaluation-harness's Python API on the in-memory model (``FastHFLM`` by default:
 the same log-likelihoods as stock ``HFLM``, with the LM head computed only where needed). With the
-Hub in reach the stock tasks run as they are; offline, :mod:`companion.tasks` writes configs that
+Hub in reach the stock tasks run as they are; offline, :mod:`companion.experiments.tasks` writes configs that
 feed the stock tasks from ``COMPANION_DATA_DIR``.
 
 Every (model weights, pruning, task, few-shot, limit, dtype, data origin) result is cached as its own
@@ -20,21 +20,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import tasks as offline_tasks
-from .data import load_rows
-from .errors import CompanionError
-from .hub import hub_reachable
-from .io import atomic_write_json, sha256_text
-from .models import LoadedModel
-from .paths import cache_dir
-from .profiles import EVAL_BATCH_SIZE
-from .pruning import Pruning
+from companion.errors import CompanionError
+from companion.experiments import tasks as offline_tasks
+from companion.hub import hub_reachable
+from companion.io import atomic_write_json, sha256_text
+from companion.method.calibration import load_rows
+from companion.model.loading import LoadedModel
+from companion.model.surgery import Pruning
+from companion.names import PERPLEXITY_TASK
+from companion.paths import cache_dir
+from companion.profiles import EVAL_BATCH_SIZE
 
-PERPLEXITY_TASK = "wikitext2_ppl"
-# The accuracy each task contributes to a mean: length-normalised where the choices differ in length
-# and the convention of the field reports it (HellaSwag, ARC-Challenge, OpenBookQA), plain otherwise.
-PRIMARY_METRIC = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "openbookqa": "acc_norm",
-                  PERPLEXITY_TASK: "perplexity"}
 CACHE_VERSION = 1
 
 
@@ -61,11 +57,6 @@ class EvalSettings:
             if task not in known:
                 hint = "" if hub_reachable() else " (offline: only tasks with local data are available)"
                 raise CompanionError(f"unknown task '{task}'{hint}; available: {', '.join(sorted(known))}")
-
-
-def primary_metric(task: str) -> str:
-    """The metric of ``task`` that enters mean accuracy (or perplexity)."""
-    return PRIMARY_METRIC.get(task, "acc")
 
 
 @functools.lru_cache(maxsize=1)
@@ -120,7 +111,7 @@ def run_lm_eval(loaded: LoadedModel, task: str, settings: EvalSettings) -> list[
     """Evaluate the (possibly pruned) in-memory model on one lm-eval task or group."""
     from lm_eval import simple_evaluate
 
-    from .fastlm import make_lm
+    from companion.experiments.fastlm import make_lm
 
     lm = make_lm(loaded.model, loaded.tokenizer, batch_size=settings.batch_size, fast=settings.fast)
     results = simple_evaluate(model=lm, tasks=[task], num_fewshot=settings.num_fewshot, limit=settings.limit,

@@ -1,126 +1,23 @@
-"""Drop orders from scores, and pruning of a loaded model at a granularity.
-
-A drop order sorts the prunable blocks by score ascending: entropy increase ΔH for entropy methods,
-1 − cos (or the angular distance) for similarity methods; ties go by layer index. Protected layers
-(the compression stage) are never dropped.
+"""Pruning a loaded model in place at a granularity, and undoing it.
 
 Pruning a ``layer`` removes decoder layers and fixes the config, so the result is a standard
 checkpoint. Pruning ``attn`` or ``mlp`` replaces the sub-layer and its norms by modules that cost
 nothing; a skipped attention still advances the KV cache by a one-number-per-token placeholder so the
 cache's sequence length (which positions and masks are built from) stays right during ``generate``.
-Such checkpoints are saved with zeros in place of the removed weights (so plain transformers computes
-exactly zero for those sub-layers) plus a manifest from which :func:`companion.models.load_model`
-rebuilds the compute-free model.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from . import adapters
-from .errors import CompanionError
-from .io import atomic_write_json
-
-GRANULARITIES = ("attn", "mlp", "layer")
-MANIFEST = "companion_pruning.json"
-
-
-def compression_stage(profile: list[float]) -> int:
-    """Number of leading layers in the compression stage of an entropy profile (L+1 boundary values).
-
-    The stage ends at the lowest boundary entropy within the first half of the network: the layers
-    before it reduce entropy (the paper's "compression"), the ones after it expand it.
-    """
-    half = max(1, (len(profile) - 1) // 2)
-    head = profile[: half + 1]
-    return min(range(len(head)), key=lambda i: (head[i], i))
-
-
-def parse_protect(spec: str, num_layers: int, profile: list[float] | None = None) -> list[int]:
-    """Layers never dropped: ``auto`` (the detected compression stage), ``none``, or a comma list of
-    ``first:N``, ``last:N`` and layer indices, e.g. ``first:2,last:1`` as the paper's code does."""
-    if spec == "auto":
-        return list(range(compression_stage(profile))) if profile else []
-    if spec in {"none", ""}:
-        return []
-    layers: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        match = re.fullmatch(r"(first|last):(\d+)", part)
-        if match:
-            n = int(match.group(2))
-            layers.update(range(n) if match.group(1) == "first" else range(num_layers - n, num_layers))
-        elif part.isdigit():
-            layers.add(int(part))
-        else:
-            raise CompanionError(f"bad --protect '{spec}': use auto, none, or e.g. first:2,last:1 or 0,1,17")
-    bad = sorted(i for i in layers if not 0 <= i < num_layers)
-    if bad:
-        raise CompanionError(f"--protect names layer {bad[0]} but the model has {num_layers} layers")
-    return sorted(layers)
-
-
-@dataclass
-class DropOrder:
-    """Prunable layers sorted by score (lowest first), with what was protected and why."""
-
-    method: str
-    granularity: str
-    order: list[int]
-    protected: list[int]
-    values: list[float]
-    num_layers: int
-
-    def drop_set(self, k: int) -> list[int]:
-        """The ``k`` blocks dropped first, sorted by layer index."""
-        if not 0 <= k <= len(self.order):
-            raise CompanionError(
-                f"cannot drop {k} {self.granularity} blocks: {len(self.order)} of {self.num_layers} are prunable "
-                f"({len(self.protected)} protected)"
-            )
-        return sorted(self.order[:k])
-
-    def rank_string(self) -> str:
-        """The paper code's ``drop_layers_order``: entry i is the rank of layer i (protected ranked last)."""
-        ranks = [0] * self.num_layers
-        for rank, layer in enumerate(self.order + sorted(self.protected)):
-            ranks[layer] = rank
-        return "_".join(map(str, ranks))
-
-    def to_json(self) -> dict:
-        return {**asdict(self), "rank_string": self.rank_string()}
-
-
-def decode_rank_string(ranks: str) -> list[int]:
-    """Layers in drop order from a paper-code rank string (``29_30_28_...``)."""
-    values = [int(v) for v in ranks.strip().split("_")]
-    return sorted(range(len(values)), key=lambda i: values[i])
-
-
-def drop_order(scores: dict, method: str, granularity: str, protect: str = "auto") -> DropOrder:
-    """The drop order of ``method`` at ``granularity`` from a scores file's content."""
-    if granularity not in GRANULARITIES:
-        raise CompanionError(f"unknown granularity '{granularity}'; choose from {', '.join(GRANULARITIES)}")
-    rows = [b for b in scores["blocks"] if b["method"] == method and b["granularity"] == granularity]
-    if not rows:
-        methods = sorted({b["method"] for b in scores["blocks"]})
-        raise CompanionError(f"method '{method}' is not in the scores file; it has: {', '.join(methods)}")
-    num_layers = scores["num_layers"]
-    values = [float("nan")] * num_layers
-    for row in rows:
-        values[row["layer"]] = row["value"]
-    profile = scores["profiles"].get(method)
-    protected = parse_protect(protect, num_layers, profile)
-    order = sorted((i for i in range(num_layers) if i not in protected), key=lambda i: (values[i], i))
-    return DropOrder(method, granularity, order, protected, values, num_layers)
+from companion.errors import CompanionError
+from companion.model import adapters
+from companion.names import GRANULARITIES
 
 
 class SkippedAttention(nn.Module):
@@ -235,39 +132,6 @@ def apply_pruning(model: nn.Module, pruning: Pruning) -> dict:
         _skip_sublayers(model, pruning.granularity, pruning.layers)
     model.companion_pruning = pruning
     return {"params_before": before, "params_after": count_parameters(model)}
-
-
-def _layers_prefix(model: nn.Module) -> str:
-    layers = adapters.decoder(model).layers
-    return next(name for name, module in model.named_modules() if module is layers)
-
-
-def save_pruned(model: nn.Module, tokenizer, out_dir: str | Path, report: dict | None = None) -> Path:
-    """Save a pruned model as a checkpoint plus ``companion_pruning.json``."""
-    out_dir = Path(out_dir)
-    pruning: Pruning | None = getattr(model, "companion_pruning", None)
-    if pruning is None:
-        raise CompanionError("the model carries no pruning to save")
-    state = model.state_dict()
-    if pruning.granularity != "layer":
-        prefix = _layers_prefix(model)
-        for i, layer in enumerate(adapters.decoder_layers(model)):
-            for module in layer.children():
-                for key, (shape, dtype) in getattr(module, "removed", {}).items():
-                    state[f"{prefix}.{i}.{key}"] = torch.zeros(shape, dtype=dtype)
-    model.save_pretrained(out_dir, state_dict=state)
-    tokenizer.save_pretrained(out_dir)
-    atomic_write_json(out_dir / MANIFEST, {"schema": "companion.pruning/1", **(report or {}), **asdict(pruning)})
-    return out_dir
-
-
-def read_manifest(folder: str | Path) -> Pruning | None:
-    """The pruning recorded in a checkpoint folder, if any."""
-    path = Path(folder) / MANIFEST
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    return Pruning(data["granularity"], data["layers"])
 
 
 @contextmanager

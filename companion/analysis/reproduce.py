@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .errors import CompanionError
+from companion.errors import CompanionError
 
 # The sweep runs in the accuracy notebook first; the others reuse its cached scores and evaluations.
 NOTEBOOKS = ["accuracy_vs_pruning", "entropy_by_depth", "entropy_vs_cosine", "estimators", "calibration", "speedup"]

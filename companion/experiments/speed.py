@@ -31,12 +31,14 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
-from . import adapters
-from .errors import CompanionError
-from .io import atomic_write_json, atomic_write_text
-from .models import LoadedModel
-from .provenance import environment, timestamp
-from .pruning import GRANULARITIES, Pruning, apply_pruning, count_parameters, drop_order
+from companion.errors import CompanionError
+from companion.io import atomic_write_json, atomic_write_text
+from companion.method.orders import drop_order
+from companion.model import adapters
+from companion.model.loading import LoadedModel
+from companion.model.surgery import Pruning, apply_pruning, count_parameters
+from companion.names import GRANULARITIES
+from companion.provenance import environment, timestamp
 
 SCHEMA = "companion.speed/1"
 Drops = Mapping[str, Iterable[int]]

@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from .adapters import family_of
-from .errors import CompanionError
-from .hub import hub_reachable
-from .io import atomic_write_json, sha256_file
-from .paths import cache_dir
-from .pruning import apply_pruning, read_manifest
+from companion.errors import CompanionError
+from companion.hub import hub_reachable
+from companion.io import atomic_write_json, sha256_file
+from companion.model.adapters import family_of
+from companion.model.checkpoints import read_manifest
+from companion.model.surgery import apply_pruning
+from companion.paths import cache_dir
 
 DEFAULT_MODEL = "gemma-3-270m"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")

@@ -1,0 +1,1 @@
+"""The experiments: lm-eval tasks, FastHFLM, evaluation, sweeps over drop counts, speed."""

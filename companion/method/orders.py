@@ -1,0 +1,104 @@
+"""Drop orders: prunable blocks sorted by score, and the layers every criterion leaves alone.
+
+A drop order sorts the prunable blocks by score ascending: entropy increase ΔH for entropy methods,
+1 − cos (or the angular distance) for similarity methods; ties go by layer index. Protected layers are
+never dropped. Pure Python (no torch), so the analysis can derive orders from a scores file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+from companion.errors import CompanionError
+from companion.names import GRANULARITIES
+
+
+def compression_stage(profile: list[float]) -> int:
+    """Number of leading layers in the compression stage of an entropy profile (L+1 boundary values).
+
+    The stage ends at the lowest boundary entropy within the first half of the network: the layers
+    before it reduce entropy (the paper's "compression"), the ones after it expand it.
+    """
+    half = max(1, (len(profile) - 1) // 2)
+    head = profile[: half + 1]
+    return min(range(len(head)), key=lambda i: (head[i], i))
+
+
+def parse_protect(spec: str, num_layers: int, profile: list[float] | None = None) -> list[int]:
+    """Layers never dropped: ``auto`` (the detected compression stage), ``none``, or a comma list of
+    ``first:N``, ``last:N`` and layer indices, e.g. ``first:2,last:1`` as the paper's code does."""
+    if spec == "auto":
+        return list(range(compression_stage(profile))) if profile else []
+    if spec in {"none", ""}:
+        return []
+    layers: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(first|last):(\d+)", part)
+        if match:
+            n = int(match.group(2))
+            layers.update(range(n) if match.group(1) == "first" else range(num_layers - n, num_layers))
+        elif part.isdigit():
+            layers.add(int(part))
+        else:
+            raise CompanionError(f"bad --protect '{spec}': use auto, none, or e.g. first:2,last:1 or 0,1,17")
+    bad = sorted(i for i in layers if not 0 <= i < num_layers)
+    if bad:
+        raise CompanionError(f"--protect names layer {bad[0]} but the model has {num_layers} layers")
+    return sorted(layers)
+
+
+@dataclass
+class DropOrder:
+    """Prunable layers sorted by score (lowest first), with what was protected and why."""
+
+    method: str
+    granularity: str
+    order: list[int]
+    protected: list[int]
+    values: list[float]
+    num_layers: int
+
+    def drop_set(self, k: int) -> list[int]:
+        """The ``k`` blocks dropped first, sorted by layer index."""
+        if not 0 <= k <= len(self.order):
+            raise CompanionError(
+                f"cannot drop {k} {self.granularity} blocks: {len(self.order)} of {self.num_layers} are prunable "
+                f"({len(self.protected)} protected)"
+            )
+        return sorted(self.order[:k])
+
+    def rank_string(self) -> str:
+        """The paper code's ``drop_layers_order``: entry i is the rank of layer i (protected ranked last)."""
+        ranks = [0] * self.num_layers
+        for rank, layer in enumerate(self.order + sorted(self.protected)):
+            ranks[layer] = rank
+        return "_".join(map(str, ranks))
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "rank_string": self.rank_string()}
+
+
+def decode_rank_string(ranks: str) -> list[int]:
+    """Layers in drop order from a paper-code rank string (``29_30_28_...``)."""
+    values = [int(v) for v in ranks.strip().split("_")]
+    return sorted(range(len(values)), key=lambda i: values[i])
+
+
+def drop_order(scores: dict, method: str, granularity: str, protect: str = "auto") -> DropOrder:
+    """The drop order of ``method`` at ``granularity`` from a scores file's content."""
+    if granularity not in GRANULARITIES:
+        raise CompanionError(f"unknown granularity '{granularity}'; choose from {', '.join(GRANULARITIES)}")
+    rows = [b for b in scores["blocks"] if b["method"] == method and b["granularity"] == granularity]
+    if not rows:
+        methods = sorted({b["method"] for b in scores["blocks"]})
+        raise CompanionError(f"method '{method}' is not in the scores file; it has: {', '.join(methods)}")
+    num_layers = scores["num_layers"]
+    values = [float("nan")] * num_layers
+    for row in rows:
+        values[row["layer"]] = row["value"]
+    profile = scores["profiles"].get(method)
+    protected = parse_protect(protect, num_layers, profile)
+    order = sorted((i for i in range(num_layers) if i not in protected), key=lambda i: (values[i], i))
+    return DropOrder(method, granularity, order, protected, values, num_layers)

@@ -1,0 +1,26 @@
+"""The one list of the names users type: granularities, criteria (methods) and tasks.
+
+Everything that validates or loops over these names imports them from here.
+"""
+
+from __future__ import annotations
+
+GRANULARITIES = ("attn", "mlp", "layer")
+ENTROPY_METHODS = ("knn", "bucket", "renyi")
+SIMILARITY_METHODS = ("cosine", "angular")
+METHODS = ENTROPY_METHODS + SIMILARITY_METHODS
+
+PERPLEXITY_TASK = "wikitext2_ppl"
+# The accuracy each task contributes to a mean: length-normalised where the choices differ in length
+# and the convention of the field reports it (HellaSwag, ARC-Challenge, OpenBookQA), plain otherwise.
+PRIMARY_METRIC = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "openbookqa": "acc_norm",
+                  PERPLEXITY_TASK: "perplexity"}
+# The 11 tasks the paper names, then two the paper counts (13) but does not name: our guess.
+PAPER_TASKS = ("piqa", "hellaswag", "winogrande", "wsc273", "commonsense_qa", "mmlu", "cmmlu", "arc_easy",
+               "arc_challenge", "openbookqa", "race")
+GUESSED_PAPER_TASKS = ("boolq", "lambada_openai")
+
+
+def primary_metric(task: str) -> str:
+    """The metric of ``task`` that enters mean accuracy (or perplexity)."""
+    return PRIMARY_METRIC.get(task, "acc")
