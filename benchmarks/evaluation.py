@@ -22,13 +22,14 @@ from lm_eval.tasks import get_task_dict
 
 from companion.experiments.evaluation import task_manager_for
 from companion.experiments.fastlm import FastHFLM, make_lm
+from companion.hub import hub_reachable
 from companion.model.loading import DEFAULT_MODEL, load_model
 from companion.profiles import EVAL_BATCH_SIZE, PROFILES
 
 
 def task_requests(task_name: str, limit: int):
     """lm-eval's task object and its log-likelihood instances for the first ``limit`` documents."""
-    task = get_task_dict([task_name], task_manager_for(task_name))[task_name]
+    task = get_task_dict([task_name], task_manager_for(task_name, hub_reachable()))[task_name]
     task.build_all_requests(limit=limit, rank=0, world_size=1)
     instances = [inst for inst in task.instances if inst.request_type == "loglikelihood"]
     if len(instances) != len(task.instances):

@@ -42,27 +42,31 @@ def _order_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from companion.io import atomic_write_json
-    from companion.method.calibration import load_documents, sample_windows
-    from companion.method.scoring import ScoreSettings, reusable_scores, score
-    from companion.model.loading import load_model
+    import functools
+
+    from companion import store
+    from companion.method.calibration import load_documents
+    from companion.method.scoring import ScoreSettings, cached_scores, scores_key
+    from companion.model.loading import load_model, model_identity
 
     settings = ScoreSettings(
-        estimators=[e.strip() for e in args.estimators.split(",") if e.strip()],
+        estimators=csv_list(args.estimators),
         params={"knn": {"k": args.knn_k}, "bucket": {"bins": args.bucket_bins}, "renyi": {"alpha": args.renyi_alpha}},
         batch_size=args.batch_size,
     )
     settings.validate()
     out = Path(args.out)
-    if not args.force and reusable_scores(out, args.model, args.data, args.samples, args.seqlen, args.seed, settings):
-        print(f"{out} already holds these scores (use --force to recompute)", file=sys.stderr)
+    docs = load_documents(args.data, args.split, data_source=args.data_source)
+    model = functools.lru_cache(maxsize=1)(lambda: load_model(args.model, args.device, args.dtype))
+    identity = model_identity(args.model, args.device, args.dtype) or model().identity()
+    key = scores_key(identity, docs.provenance(), args.samples, args.seqlen, args.seed, settings)
+    if not args.force and store.read(out, key) is not None:
+        print(f"{out} already holds these scores (key {store.digest(key)[:12]}; --force recomputes)", file=sys.stderr)
         return 0
-    loaded = load_model(args.model, args.device, args.dtype)
-    docs = load_documents(args.data, args.split)
-    windows = sample_windows(loaded.tokenizer, docs, args.samples, args.seqlen, args.seed)
-    result = score(loaded, docs, windows, settings, progress=not args.quiet)
-    atomic_write_json(out, result)
-    print(f"wrote {out} ({result['num_layers']} layers, {len(result['blocks'])} block scores)", file=sys.stderr)
+    result = cached_scores(out, model, docs, args.samples, args.seqlen, args.seed, settings, identity,
+                           progress=not args.quiet, force=args.force)
+    print(f"wrote {out} ({result['num_layers']} layers, {len(result['blocks'])} block scores; documents "
+          f"{docs.provenance()['path']}, sha256 {docs.provenance()['sha256'][:12]})", file=sys.stderr)
     return 0
 
 
@@ -125,7 +129,8 @@ def _eval_settings(args: argparse.Namespace, prof: dict):
 
     limit = prof["limit"] if args.limit is None else (None if args.limit == -1 else args.limit)
     settings = EvalSettings(tasks=csv_list(args.tasks) or prof["tasks"], limit=limit, batch_size=args.batch_size,
-                            fast=not args.stock_lm, ppl_seqlen=prof["ppl_seqlen"], ppl_chunks=prof["ppl_chunks"])
+                            fast=not args.stock_lm, ppl_seqlen=prof["ppl_seqlen"], ppl_chunks=prof["ppl_chunks"],
+                            data_source=args.data_source, progress=not args.quiet)
     settings.validate()
     return settings
 
@@ -176,53 +181,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from companion.experiments.sweep import SweepSettings, run_sweep
-    from companion.model.loading import load_model
+    import functools
+
+    from companion.experiments.sweep import SweepSettings, run_sweep, sweep_path
+    from companion.model.loading import load_model, model_identity
 
     prof = profile(args.profile, device=args.device, dtype=args.dtype)
     eval_settings = _eval_settings(args, prof)
     models = [args.model] if args.model else prof["models"]
     for spec in models:
+        model = functools.lru_cache(maxsize=1)(lambda spec=spec: load_model(spec, prof["device"], prof["dtype"]))
+        identity = model_identity(spec, prof["device"], prof["dtype"])
         for calibration in csv_list(args.calibration) or prof["calibrations"]:
             settings = SweepSettings(calibration=calibration, samples=args.samples or prof["samples"],
-                                     seqlen=args.seqlen or prof["seqlen"], seed=prof["seed"] if args.seed is None else args.seed,
+                                     seqlen=args.seqlen or prof["seqlen"],
+                                     seed=prof["seed"] if args.seed is None else args.seed,
                                      methods=csv_list(args.methods) or prof["methods"],
                                      granularities=csv_list(args.granularity) or prof["granularities"],
-                                     drops=int_list(args.drops) or prof["drops"], protect=args.protect)
-            loaded = load_model(spec, prof["device"], prof["dtype"])
+                                     drops=int_list(args.drops) or prof["drops"], protect=args.protect,
+                                     data_source=args.data_source)
             out = Path(args.out) / model_slug(spec)
-            rows = run_sweep(loaded, settings, eval_settings, out, progress=not args.quiet)
-            print(f"wrote {out}/sweep_{Path(calibration).stem}.csv ({len(rows)} rows)", file=sys.stderr)
+            sweep = run_sweep(model, settings, eval_settings, out, identity, progress=not args.quiet)
+            print(f"{sweep_path(out, calibration).with_suffix('.csv')}: {len(sweep['rows'])} rows", file=sys.stderr)
     return 0
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from companion.experiments.speed import speed_sweep, write_speed
+    from companion.experiments.speed import speed_key, speed_sweep, write_speed
     from companion.method.scoring import read_scores
     from companion.model.loading import load_model
 
     loaded = load_model(args.model, args.device, args.dtype)
+    scores = read_scores(args.scores)
     measure = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
                "warmup": args.warmup, "repeats": args.repeats}
+    settings = {"method": args.method, "protect": args.protect, "granularities": csv_list(args.granularity),
+                "drops": sorted(set(int_list(args.drops)) | {0}), **measure}
     rows = []
-    for granularity in csv_list(args.granularity):
-        rows += speed_sweep(loaded, read_scores(args.scores), args.method, granularity, int_list(args.drops),
-                            args.protect, **measure)
+    for granularity in settings["granularities"]:
+        rows += speed_sweep(loaded, scores, args.method, granularity, settings["drops"], args.protect, **measure)
     for row in rows:
         print(f"{row['granularity']:>5} K={row['K']:<3} prefill {row['prefill_tps']:.1f} tok/s "
               f"(x{row['measured_speedup_prefill']:.2f}, FLOPs x{row['expected_speedup_prefill']:.2f})  "
               f"decode {row['decode_tps']:.1f} tok/s (x{row['measured_speedup_decode']:.2f}, "
               f"FLOPs x{row['expected_speedup_decode']:.2f})")
-    write_speed(rows, args.out, {"model": loaded.provenance(), "scores": args.scores, "method": args.method,
-                                 "protect": args.protect, **measure})
+    write_speed(rows, args.out, {"model": loaded.provenance(), "scores": Path(args.scores).name, **settings},
+                speed_key(loaded.identity(), scores, settings))
     return 0
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from companion.analysis.reproduce import run_notebooks
 
-    parameters = {"profile": args.profile, "model": args.model or "", "device": args.device or "",
-                  "dtype": args.dtype or "", "results_dir": args.results}
+    parameters = {"profile": args.profile, "model": args.model, "device": args.device, "dtype": args.dtype,
+                  "data_source": args.data_source, "results_dir": args.results}
     executed = run_notebooks(Path(args.notebooks), Path(args.out), parameters, csv_list(args.only) or None,
                              Path(args.book_figures) if args.book_figures else None, args.force)
     print(f"executed {len(executed)} notebook(s): {', '.join(executed) or 'none (all up to date)'}", file=sys.stderr)
@@ -237,6 +249,9 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
                         help="lm-eval batch size: requests per forward pass (default: %(default)s)")
     parser.add_argument("--stock-lm", action="store_true",
                         help="use lm-eval's stock HFLM instead of the faster, equivalent FastHFLM")
+    parser.add_argument("--data-source", choices=["auto", "hub", "local"], default="auto",
+                        help="task and calibration data: the Hub when reachable (auto), the Hub, or COMPANION_DATA_DIR")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars (lm-eval's included)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--data", default="c4", help="wikitext2, c4, or a .txt/.jsonl/.json/.parquet file of documents")
     p.add_argument("--split", default=None, help="split of a named source (default: validation)")
+    p.add_argument("--data-source", choices=["auto", "hub", "local"], default="auto",
+                   help="where named sources come from: the Hub when reachable (auto), the Hub, or COMPANION_DATA_DIR")
     p.add_argument("--samples", type=int, default=128, help="number of calibration windows")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per window")
     p.add_argument("--seed", type=int, default=2024, help="seed of the window draw")
@@ -313,7 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--protect", default="auto", help="protected layers (see 'order --help')")
     _eval_args(p)
     p.add_argument("--out", default="results/sweep", help="output folder (one subfolder per model)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("speed", help="prefill/decode throughput and memory, dense vs pruned", formatter_class=fmt)
@@ -337,6 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="override the profile's model (Hugging Face id or local folder)")
     p.add_argument("--device", help="override the profile's device")
     p.add_argument("--dtype", help="override the profile's dtype")
+    p.add_argument("--data-source", choices=["auto", "hub", "local"],
+                   help="calibration and task data: the Hub when reachable (auto), the Hub, or COMPANION_DATA_DIR")
     p.add_argument("--results", default="results", help="results folder (one subfolder per profile and model)")
     p.add_argument("--notebooks", default="notebooks", help="folder of the source notebooks")
     p.add_argument("--out", default="generated/notebooks", help="folder for the executed notebooks")

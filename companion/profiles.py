@@ -19,7 +19,7 @@ PROFILES: dict[str, dict] = {
         "methods": ["knn", "bucket", "renyi", "cosine"], "granularities": ["attn", "layer"], "drops": [0, 4],
         "tasks": ["piqa", "wikitext2_ppl"], "limit": 8, "ppl_seqlen": 128, "ppl_chunks": 1,
         "speed_drops": [0, 4], "speed_prompt": 64, "speed_new_tokens": 4, "speed_repeats": 1,
-        "device": "auto", "dtype": "auto",
+        "device": "auto", "dtype": "auto", "data_source": "auto",
     },
     "default": {
         "models": ["gemma-3-270m"], "calibrations": ["wikitext2", "c4"], "samples": 64, "seqlen": 256, "seed": 2024,
@@ -27,15 +27,16 @@ PROFILES: dict[str, dict] = {
         "tasks": ["piqa", "arc_easy", "hellaswag", "winogrande", "wikitext2_ppl"], "limit": 60,
         "ppl_seqlen": 512, "ppl_chunks": 4,
         "speed_drops": [0, 4, 8], "speed_prompt": 256, "speed_new_tokens": 32, "speed_repeats": 3,
-        "device": "auto", "dtype": "auto",
+        "device": "auto", "dtype": "auto", "data_source": "auto",
     },
     "paper": {
         "models": ["meta-llama/Llama-3.1-8B", "mistralai/Mistral-7B-v0.3"], "calibrations": ["c4", "wikitext2"],
         "samples": 128, "seqlen": 256, "seed": 2024, "methods": ["knn", "bucket", "renyi", "cosine"],
-        "granularities": ["attn", "layer"], "drops": [0, 4, 8, 12, 16], "tasks": [*PAPER_TASKS, *GUESSED_PAPER_TASKS, PERPLEXITY_TASK],
+        "granularities": ["attn", "layer"], "drops": [0, 4, 8, 12, 16],
+        "tasks": [*PAPER_TASKS, *GUESSED_PAPER_TASKS, PERPLEXITY_TASK],
         "limit": None, "ppl_seqlen": 2048, "ppl_chunks": None,
         "speed_drops": [0, 4, 8, 12, 16], "speed_prompt": 1024, "speed_new_tokens": 128, "speed_repeats": 10,
-        "device": "auto", "dtype": "auto",
+        "device": "auto", "dtype": "auto", "data_source": "auto",
     },
 }
 

@@ -60,9 +60,12 @@ def sweep_rows() -> list[dict]:
 # ---------------------------------------------------------------- parameters
 
 def test_resolve_parameters_uses_the_profile_and_overrides(tmp_path):
-    run = runs.resolve_parameters({"profile": "smoke", "model": "", "samples": 0, "seed": -1, "limit": 0,
+    run = runs.resolve_parameters({"profile": "smoke", "model": None, "samples": None, "seed": None, "limit": None,
                                        "results_dir": str(tmp_path)})
     assert run.model == "gemma-3-270m" and run.samples == 8 and run.seed == 2024 and run.limit == 8
+    assert runs.resolve_parameters({"profile": "smoke", "seed": 0}).seed == 0  # seed 0 can be chosen
+    with pytest.raises(CompanionError, match="samples"):
+        runs.resolve_parameters({"profile": "smoke", "samples": 0})
     assert run.calibration == "wikitext2" and run.calibrations == ["wikitext2", "c4"]
     assert run.out_dir == tmp_path / "smoke" / "gemma-3-270m"
     run = runs.resolve_parameters({"profile": "paper", "model": "meta-llama/Llama-3.1-8B", "calibration": "c4",

@@ -1,8 +1,11 @@
 """Execute the figure notebooks with papermill, skipping those whose inputs have not changed.
 
-A notebook's inputs are its own file, its parameters and the source of the ``companion`` package;
-their hash is stored beside the executed copy, so a rerun with nothing changed executes nothing.
-The notebooks themselves reuse cached scores and evaluations under the results folder.
+A notebook is up to date when its stamp (``<name>.inputs`` beside the executed copy) records the same
+code digest (the notebook, its parameters and the package source) and the same fingerprint of the
+results under the profile's results folder (every JSON/CSV file: see
+:func:`companion.store.fingerprint_files`). The notebooks themselves reuse results from the store, so
+a notebook executed before another one changed the results folder is executed again in a second pass
+(cheaply: everything it reads is stored by then). A rerun with nothing changed executes nothing.
 """
 
 from __future__ import annotations
@@ -14,14 +17,18 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from companion import store
 from companion.errors import CompanionError
+from companion.io import atomic_write_text
 
-# The sweep runs in the accuracy notebook first; the others reuse its cached scores and evaluations.
-NOTEBOOKS = ["accuracy_vs_pruning", "entropy_by_depth", "entropy_vs_cosine", "estimators", "calibration", "speedup"]
-PACKAGE = Path(__file__).resolve().parent
+# The notebooks that compute results come first (sweeps, the second calibration set, speed), so the
+# read-only ones run once on final results.
+NOTEBOOKS = ["accuracy_vs_pruning", "calibration", "speedup", "entropy_by_depth", "entropy_vs_cosine", "estimators"]
+PACKAGE = Path(__file__).resolve().parent.parent
+MAX_PASSES = 3
 
 
-def inputs_hash(notebook: Path, parameters: dict) -> str:
+def code_digest(notebook: Path, parameters: dict) -> str:
     """sha256 over the notebook, its parameters and every source file of the package."""
     digest = hashlib.sha256(notebook.read_bytes())
     digest.update(json.dumps(parameters, sort_keys=True).encode())
@@ -31,11 +38,17 @@ def inputs_hash(notebook: Path, parameters: dict) -> str:
     return digest.hexdigest()
 
 
+def _stamp(code: str, results: str) -> str:
+    return json.dumps({"code": code, "results": results}, sort_keys=True) + "\n"
+
+
 def run_notebooks(notebooks_dir: Path, out_dir: Path, parameters: dict, names: list[str] | None = None,
                   book_dir: Path | None = None, force: bool = False) -> list[str]:
     """Execute ``names`` (default: all) into ``out_dir``; copy the executed ones into ``book_dir``.
 
-    Returns the names that were executed (the others were up to date).
+    ``parameters`` are papermill's (``results_dir`` and ``profile`` name the results folder that is
+    fingerprinted). Passes repeat until one executes nothing (at most :data:`MAX_PASSES`). Returns the
+    names that were executed (the others were up to date).
     """
     import papermill
 
@@ -44,17 +57,27 @@ def run_notebooks(notebooks_dir: Path, out_dir: Path, parameters: dict, names: l
     if missing:
         raise CompanionError(f"no notebook {missing[0]}.ipynb in {notebooks_dir}; known: {', '.join(NOTEBOOKS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    executed = []
-    for name in tqdm(names, desc="notebooks", unit="notebook"):
-        source, target, stamp = notebooks_dir / f"{name}.ipynb", out_dir / f"{name}.ipynb", out_dir / f"{name}.inputs"
-        digest = inputs_hash(source, parameters)
-        if force or not target.exists() or not stamp.exists() or stamp.read_text().strip() != digest:
+    results = Path(parameters.get("results_dir") or "results") / (parameters.get("profile") or "smoke")
+    codes = {name: code_digest(notebooks_dir / f"{name}.ipynb", parameters) for name in names}
+    executed: list[str] = []
+    for _ in range(MAX_PASSES):
+        ran = False
+        for name in tqdm(names, desc="notebooks", unit="notebook"):
+            target, stamp = out_dir / f"{name}.ipynb", out_dir / f"{name}.inputs"
+            current = _stamp(codes[name], store.fingerprint_files(results))
+            if not force and target.exists() and stamp.exists() and stamp.read_text() == current:
+                continue
             partial = out_dir / f".{name}.partial.ipynb"
-            papermill.execute_notebook(str(source), str(partial), parameters=parameters, cwd=str(Path.cwd()),
-                                       progress_bar=False)
+            papermill.execute_notebook(str(notebooks_dir / f"{name}.ipynb"), str(partial), parameters=parameters,
+                                       cwd=str(Path.cwd()), progress_bar=False)
             partial.replace(target)
-            stamp.write_text(digest + "\n")
+            atomic_write_text(stamp, _stamp(codes[name], store.fingerprint_files(results)))
             executed.append(name)
-        if book_dir is not None:
-            shutil.copyfile(target, book_dir / f"{name}.ipynb")
-    return executed
+            ran = True
+        force = False
+        if not ran:
+            break
+    if book_dir is not None:
+        for name in names:
+            shutil.copyfile(out_dir / f"{name}.ipynb", book_dir / f"{name}.ipynb")
+    return list(dict.fromkeys(executed))

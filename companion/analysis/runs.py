@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,13 @@ from companion.analysis.tables import speed_frame, sweep_frame
 from companion.errors import CompanionError
 from companion.experiments.evaluation import EvalSettings
 from companion.experiments.sweep import SweepSettings
-from companion.method.scoring import ScoreSettings, read_scores, reusable_scores
 from companion.names import ENTROPY_METHODS, GRANULARITIES, PERPLEXITY_TASK, SIMILARITY_METHODS
 from companion.paths import model_slug
 from companion.profiles import csv_list, int_list
 from companion.profiles import profile as profile_settings
 
-PARAMETERS = ("profile", "model", "device", "dtype", "calibration", "samples", "seqlen", "seed", "estimators",
-              "granularities", "drops", "tasks", "limit", "results_dir")
+PARAMETERS = ("profile", "model", "device", "dtype", "data_source", "calibration", "samples", "seqlen", "seed",
+              "estimators", "granularities", "drops", "tasks", "limit", "results_dir")
 SPEED_BATCH_SIZE = 1
 SPEED_WARMUP = 1
 
@@ -57,8 +56,11 @@ class Run:
     speed_new_tokens: int
     speed_repeats: int
     out_dir: Path
+    results_dir: Path
+    data_source: str = "auto"
     protect: str = "auto"
     _loaded: Any = field(default=None, repr=False, compare=False)
+    _identity: Any = field(default=None, repr=False, compare=False)
 
     @property
     def calibration(self) -> str:
@@ -89,12 +91,12 @@ class Run:
         """The sweep every notebook runs on ``calibration`` (identical settings, so caches are shared)."""
         return SweepSettings(calibration=calibration or self.calibration, samples=self.samples, seqlen=self.seqlen,
                              seed=self.seed, methods=list(self.methods), granularities=list(self.granularities),
-                             drops=list(self.drops), protect=self.protect)
+                             drops=list(self.drops), protect=self.protect, data_source=self.data_source)
 
     def eval_settings(self) -> EvalSettings:
         """The evaluation settings of the run's sweeps."""
         return EvalSettings(tasks=list(self.tasks), limit=self.limit, ppl_seqlen=self.ppl_seqlen,
-                            ppl_chunks=self.ppl_chunks)
+                            ppl_chunks=self.ppl_chunks, data_source=self.data_source, progress=False)
 
     def resolved_device_dtype(self) -> tuple[str, str]:
         """The device and dtype ``load_model`` will use, as strings, without loading anything."""
@@ -110,6 +112,14 @@ class Run:
 
             self._loaded = load_model(self.model, self.device, self.dtype)
         return self._loaded
+
+    def identity(self) -> dict | None:
+        """The model's identity for the result store, without loading it (``None``: not on disk)."""
+        if self._identity is None:
+            from companion.model.loading import model_identity
+
+            self._identity = model_identity(self.model, self.device, self.dtype)
+        return self._identity
 
     def describe_calibration(self, calibration: str | None = None) -> str:
         """``wikitext2: 8 samples × 128 tokens, seed 2024``."""
@@ -146,16 +156,17 @@ class Run:
 def resolve_parameters(values: Mapping[str, Any]) -> Run:
     """A :class:`Run` from the notebook parameters in ``values`` (e.g. ``globals()``); see ``PARAMETERS``.
 
-    Empty strings, 0 and -1 mean "the profile's value", except ``limit = -1``: all examples.
-    ``calibration`` and the list parameters are comma-separated. Results go to ``{results_dir}/{profile}/{model slug}``, relative to the working
-    directory.
+    ``None`` means "the profile's value", except ``limit = -1``: all examples. ``calibration`` and the
+    list parameters are comma-separated strings or lists. Results go to
+    ``{results_dir}/{profile}/{model slug}``, relative to the working directory.
     """
     get = {name: values.get(name) for name in PARAMETERS}
     name = get["profile"] or "smoke"
-    prof = profile_settings(name, device=get["device"] or None, dtype=get["dtype"] or None)
-    positive = {key: int(get[key]) for key in ("samples", "seqlen", "seed", "limit")
-                if get[key] not in (None, "") and int(get[key]) > 0}
-    all_examples = get["limit"] not in (None, "") and int(get["limit"]) == -1
+    prof = profile_settings(name, device=get["device"], dtype=get["dtype"], data_source=get["data_source"])
+    chosen = {key: int(get[key]) for key in ("samples", "seqlen", "seed", "limit") if get[key] is not None}
+    bad = [key for key in ("samples", "seqlen") if key in chosen and chosen[key] < 1]
+    if bad or chosen.get("limit", 1) == 0 or chosen.get("limit", 1) < -1:
+        raise CompanionError(f"parameter {(bad or ['limit'])[0]} must be positive (limit: -1 for all examples)")
     model = get["model"] or prof["models"][0]
     granularities = csv_list(get["granularities"]) or list(prof["granularities"])
     bad = [g for g in granularities if g not in GRANULARITIES]
@@ -164,96 +175,73 @@ def resolve_parameters(values: Mapping[str, Any]) -> Run:
     drops = int_list(get["drops"]) or list(prof["drops"])
     if 0 not in drops:
         drops = [0, *drops]  # retention needs the dense model
+    limit = chosen.get("limit", prof["limit"])
     results_dir = Path(get["results_dir"] or "results")
     return Run(
         profile=name, model=model, device=prof["device"], dtype=prof["dtype"],
         calibrations=csv_list(get["calibration"]) or list(prof["calibrations"]),
-        samples=positive.get("samples", prof["samples"]), seqlen=positive.get("seqlen", prof["seqlen"]),
-        seed=positive.get("seed", prof["seed"]), methods=csv_list(get["estimators"]) or list(prof["methods"]),
+        samples=chosen.get("samples", prof["samples"]), seqlen=chosen.get("seqlen", prof["seqlen"]),
+        seed=chosen.get("seed", prof["seed"]), methods=csv_list(get["estimators"]) or list(prof["methods"]),
         granularities=granularities, drops=sorted(set(drops)), tasks=csv_list(get["tasks"]) or list(prof["tasks"]),
-        limit=None if all_examples else positive.get("limit", prof["limit"]), ppl_seqlen=prof["ppl_seqlen"], ppl_chunks=prof["ppl_chunks"],
+        limit=None if limit == -1 else limit, ppl_seqlen=prof["ppl_seqlen"], ppl_chunks=prof["ppl_chunks"],
         speed_drops=list(prof["speed_drops"]), speed_prompt=prof["speed_prompt"],
         speed_new_tokens=prof["speed_new_tokens"], speed_repeats=prof["speed_repeats"],
-        out_dir=results_dir / name / model_slug(model),
+        out_dir=results_dir / name / model_slug(model), results_dir=results_dir, data_source=prof["data_source"],
     )
 
 
-# ---------------------------------------------------------------- cached results
-
-def _stem(calibration: str) -> str:
-    return Path(calibration).stem
-
+# ---------------------------------------------------------------- results, from the store
 
 def ensure_scores(run: Run, calibration: str | None = None) -> dict:
-    """The scores file of ``run`` on ``calibration`` (the one the sweep uses), computed if missing."""
+    """The scores of ``run`` on ``calibration`` (the ones its sweep uses): reused when computed for the
+    same key (see :mod:`companion.store`), computed otherwise, loading the model only then."""
     from companion.experiments.sweep import scores_for
 
-    settings = run.sweep_settings(calibration)
-    path = run.out_dir / f"scores_{_stem(settings.calibration)}.json"
-    existing = reusable_scores(path, run.model, settings.calibration, settings.samples, settings.seqlen,
-                               settings.seed, ScoreSettings())
-    return existing if existing is not None else scores_for(run.loaded(), settings, path, progress=False)
+    return scores_for(run.loaded, run.sweep_settings(calibration), run.out_dir, run.identity(), progress=False)
 
 
-def _same_sweep(stored: dict, run: Run, settings: SweepSettings, scores: dict) -> bool:
-    device, dtype = run.resolved_device_dtype()
-    return (stored.get("schema") == "companion.sweep/1"
-            and stored.get("settings") == asdict(settings)
-            and stored.get("evaluation") == asdict(run.eval_settings())
-            and stored.get("model", {}).get("spec") == run.model
-            and stored.get("model", {}).get("dtype") == dtype
-            and stored.get("scores", {}).get("created") == scores.get("created"))
-
-
-def ensure_sweep(run: Run, calibration: str | None = None, force: bool = False) -> pd.DataFrame:
-    """The sweep table of ``run`` on ``calibration``: read from ``sweep_<calibration>.json`` when it holds
-    the same settings, evaluation, model, dtype and scores; otherwise run (evaluations are cached)."""
+def ensure_sweep(run: Run, calibration: str | None = None) -> pd.DataFrame:
+    """The sweep table of ``run`` on ``calibration``: reused when computed for the same key, else run
+    (each evaluation is itself reused when stored under the same key)."""
     from companion.experiments.sweep import run_sweep
 
-    settings = run.sweep_settings(calibration)
-    scores = ensure_scores(run, settings.calibration)
-    path = run.out_dir / f"sweep_{_stem(settings.calibration)}.json"
-    if path.exists() and not force:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if _same_sweep(stored, run, settings, scores):
-            return sweep_frame(stored["rows"])
-    rows = run_sweep(run.loaded(), settings, run.eval_settings(), run.out_dir, progress=False)
-    return sweep_frame(rows)
+    sweep = run_sweep(run.loaded, run.sweep_settings(calibration), run.eval_settings(), run.out_dir,
+                      run.identity(), progress=False)
+    return sweep_frame(sweep["rows"])
 
 
-def speed_settings(run: Run, scores: dict, method: str, granularities: Sequence[str]) -> dict:
-    """What a speed measurement depends on; ``speed.json`` is reused only when this matches."""
-    device, dtype = run.resolved_device_dtype()
-    return {"model": run.model, "device": device, "dtype": dtype, "method": method, "protect": run.protect,
-            "granularities": list(granularities), "drops": sorted(set(run.speed_drops) | {0}),
-            "prompt_len": run.speed_prompt, "new_tokens": run.speed_new_tokens, "batch_size": SPEED_BATCH_SIZE,
-            "warmup": SPEED_WARMUP, "repeats": run.speed_repeats, "scores_created": scores.get("created")}
+def speed_settings(run: Run, method: str, granularities: Sequence[str]) -> dict:
+    """The measurement settings of a speed run of ``method``'s orders at ``granularities``."""
+    return {"method": method, "protect": run.protect, "granularities": list(granularities),
+            "drops": sorted(set(run.speed_drops) | {0}), "prompt_len": run.speed_prompt,
+            "new_tokens": run.speed_new_tokens, "batch_size": SPEED_BATCH_SIZE, "warmup": SPEED_WARMUP,
+            "repeats": run.speed_repeats}
 
 
-def ensure_speed(run: Run, scores: dict, method: str = "knn", granularities: Sequence[str] = ("attn", "layer"),
-                 force: bool = False) -> pd.DataFrame:
-    """Speed rows of ``method``'s drop orders at ``granularities``: read from ``speed.json`` in the results
-    folder when it was measured with the same settings, otherwise measured (the slow part) and written."""
-    from companion.experiments.speed import speed_sweep, write_speed
+def ensure_speed(run: Run, scores: dict, method: str = "knn",
+                 granularities: Sequence[str] = ("attn", "layer")) -> pd.DataFrame:
+    """Speed rows of ``method``'s drop orders at ``granularities``: reused from ``speed.json`` when measured
+    for the same key (model, machine, scores, settings), otherwise measured (the slow part) and written."""
+    from companion import store
+    from companion.experiments.speed import speed_key, speed_sweep, write_speed
 
-    settings = speed_settings(run, scores, method, granularities)
+    settings = speed_settings(run, method, granularities)
     path = run.out_dir / "speed.json"
-    if path.exists() and not force:
-        stored = json.loads(path.read_text(encoding="utf-8"))
-        if stored.get("settings") == settings and stored.get("rows"):
-            return speed_frame(stored["rows"])
-    rows: list[dict] = []
-    for granularity in granularities:
-        rows += speed_sweep(run.loaded(), scores, method, granularity, settings["drops"], run.protect,
-                            prompt_len=run.speed_prompt, new_tokens=run.speed_new_tokens,
-                            batch_size=SPEED_BATCH_SIZE, warmup=SPEED_WARMUP, repeats=run.speed_repeats)
-    write_speed(rows, path, settings)
+    identity = run.identity()
+    key = speed_key(identity, scores, settings) if identity is not None else None
+    stored = store.read(path, key) if key is not None else None
+    if stored is not None:
+        return speed_frame(stored["rows"])
+    with store.locked(path):
+        loaded = run.loaded()
+        key = speed_key(loaded.identity(), scores, settings)
+        rows: list[dict] = []
+        for granularity in granularities:
+            rows += speed_sweep(loaded, scores, method, granularity, settings["drops"], run.protect,
+                                prompt_len=run.speed_prompt, new_tokens=run.speed_new_tokens,
+                                batch_size=SPEED_BATCH_SIZE, warmup=SPEED_WARMUP, repeats=run.speed_repeats)
+        write_speed(rows, path, {"model": loaded.provenance(), **settings}, key)
     return speed_frame(rows)
-
-
-def load_scores(path: str | Path) -> dict:
-    """A scores file (see :func:`companion.method.scoring.read_scores`)."""
-    return read_scores(path)
 
 
 def load_sweep(path: str | Path) -> pd.DataFrame:
@@ -261,7 +249,7 @@ def load_sweep(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if path.suffix == ".json":
         return sweep_frame(json.loads(path.read_text(encoding="utf-8"))["rows"])
-    frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"dropped": str})
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"dropped": str, "protected": str})
     frame["primary"] = frame["primary"].astype(str).str.lower() == "true"
     return sweep_frame(frame.to_dict("records"))
 
@@ -269,5 +257,3 @@ def load_sweep(path: str | Path) -> pd.DataFrame:
 def load_speed(path: str | Path) -> pd.DataFrame:
     """The rows of a ``speed.json`` written by ``companion.experiments.speed.write_speed``."""
     return speed_frame(json.loads(Path(path).read_text(encoding="utf-8"))["rows"])
-
-

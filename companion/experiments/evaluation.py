@@ -5,25 +5,28 @@ the same log-likelihoods as stock ``HFLM``, with the LM head computed only where
 Hub in reach the stock tasks run as they are; offline, :mod:`companion.experiments.tasks` writes configs that
 feed the stock tasks from ``COMPANION_DATA_DIR``.
 
-Every (model weights, pruning, task, few-shot, limit, dtype, data origin) result is cached as its own
-JSON file, written atomically, so reruns skip finished work and an interrupted sweep resumes.
+Each (pruning, task) result is stored as its own JSON file under the key of :mod:`companion.store`
+(model identity, pruning, task, task data, few-shot, limit, backend, numerics), written atomically, so
+reruns skip finished work and an interrupted sweep resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import json
+import io
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from companion import store
 from companion.errors import CompanionError
 from companion.experiments import tasks as offline_tasks
 from companion.hub import hub_reachable
-from companion.io import atomic_write_json, sha256_text
 from companion.method.calibration import load_rows
 from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning
@@ -31,7 +34,7 @@ from companion.names import PERPLEXITY_TASK
 from companion.paths import cache_dir
 from companion.profiles import EVAL_BATCH_SIZE
 
-CACHE_VERSION = 1
+DATA_SOURCES = ("auto", "hub", "local")
 
 
 @dataclass
@@ -45,24 +48,36 @@ class EvalSettings:
     fast: bool = True
     ppl_seqlen: int = 512
     ppl_chunks: int | None = None
+    data_source: str = "auto"
+    progress: bool = True
 
     def validate(self) -> None:
         """Unknown tasks and non-positive limits are errors before any work starts."""
+        if self.data_source not in DATA_SOURCES:
+            raise CompanionError(f"unknown data source '{self.data_source}'; choose from {', '.join(DATA_SOURCES)}")
+        if self.data_source == "hub" and not hub_reachable():
+            raise CompanionError("--data-source hub, but the Hugging Face Hub is unreachable; use auto or local")
         if self.limit is not None and self.limit < 1:
             raise CompanionError(f"--limit must be a positive number of examples (got {self.limit})")
         if self.ppl_chunks is not None and self.ppl_chunks < 1:
             raise CompanionError(f"perplexity chunks must be positive (got {self.ppl_chunks})")
-        known = set(known_tasks()) | {PERPLEXITY_TASK}
+        known = set(known_tasks(self.online)) | {PERPLEXITY_TASK}
         for task in self.tasks:
             if task not in known:
-                hint = "" if hub_reachable() else " (offline: only tasks with local data are available)"
+                hint = "" if self.online else " (local data: only tasks with local copies are available)"
                 raise CompanionError(f"unknown task '{task}'{hint}; available: {', '.join(sorted(known))}")
 
 
-@functools.lru_cache(maxsize=1)
-def known_tasks() -> tuple[str, ...]:
-    """Task names this machine can evaluate: all of lm-eval's online, the offline set otherwise."""
-    if hub_reachable():
+    @property
+    def online(self) -> bool:
+        """Whether task data come from the Hub (``auto`` when reachable, or ``hub``) or from local copies."""
+        return self.data_source == "hub" or (self.data_source == "auto" and hub_reachable())
+
+
+@functools.lru_cache(maxsize=2)
+def known_tasks(online: bool) -> tuple[str, ...]:
+    """Task names that can be evaluated: all of lm-eval's from the Hub, the offline set from local data."""
+    if online:
         from lm_eval.tasks import TaskManager
 
         return tuple(TaskManager().all_subtasks + TaskManager().all_groups)
@@ -70,23 +85,34 @@ def known_tasks() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def task_manager_for(task: str):
-    """lm-eval's ``TaskManager`` that can build ``task``: stock online, offline configs otherwise."""
+def task_manager_for(task: str, online: bool):
+    """lm-eval's ``TaskManager`` that can build ``task``: stock from the Hub, else offline configs."""
     from lm_eval.tasks import TaskManager
 
-    if hub_reachable():
+    if online:
         return TaskManager()
     folder = offline_tasks.write_task_configs(cache_dir() / "lm_eval_tasks", [task])
     return offline_tasks.task_manager(folder)
 
 
-def cache_key(loaded: LoadedModel, pruning: Pruning | None, task: str, settings: EvalSettings) -> dict:
-    """Everything a cached result depends on; the dense model is the empty pruning."""
-    prov = loaded.provenance()
-    key = {"version": CACHE_VERSION, "weights": prov["weights_sha256"] or prov["path"], "dtype": prov["dtype"],
+@functools.lru_cache(maxsize=None)
+def task_data(task: str, online: bool) -> dict:
+    """Where a task's examples come from: the Hub, or the sha256 of each local source file."""
+    if task == PERPLEXITY_TASK:
+        _, where = load_rows("wikitext2", "test", data_source="hub" if online else "local")
+        return {"origin": where["origin"], "sha256": where["sha256"]}
+    if online:
+        return {"origin": "hub"}
+    return {"origin": "local", "sources": offline_tasks.source_hashes(task)}
+
+
+def evaluation_key(identity: dict, pruning: Pruning | None, task: str, settings: EvalSettings) -> dict:
+    """Every input that can change one task's result (see :mod:`companion.store`); dense = no pruning."""
+    key = {"kind": "evaluation", "model": identity,
            "pruning": None if pruning is None or not pruning.layers else asdict(pruning), "task": task,
-           "num_fewshot": settings.num_fewshot, "limit": settings.limit,
-           "data": "hub" if hub_reachable() else "local"}
+           "task_data": task_data(task, settings.online), "num_fewshot": settings.num_fewshot,
+           "limit": settings.limit, "backend": "FastHFLM" if settings.fast else "HFLM",
+           "numerics": store.numerics()}
     if task == PERPLEXITY_TASK:
         key.update(ppl_seqlen=settings.ppl_seqlen, ppl_chunks=settings.ppl_chunks)
     return key
@@ -115,21 +141,23 @@ def run_lm_eval(loaded: LoadedModel, task: str, settings: EvalSettings) -> list[
 
     lm = make_lm(loaded.model, loaded.tokenizer, batch_size=settings.batch_size, fast=settings.fast)
     results = simple_evaluate(model=lm, tasks=[task], num_fewshot=settings.num_fewshot, limit=settings.limit,
-                              task_manager=task_manager_for(task), log_samples=False, bootstrap_iters=1000,
-                              verbosity="ERROR")
+                              task_manager=task_manager_for(task, settings.online), log_samples=False,
+                              bootstrap_iters=1000, verbosity="ERROR")
     return _rows_from_lm_eval(results, task)
 
 
-def perplexity(loaded: LoadedModel, seqlen: int = 512, chunks: int | None = None) -> list[dict]:
+def perplexity(loaded: LoadedModel, seqlen: int = 512, chunks: int | None = None, data_source: str = "auto",
+               progress: bool = True) -> list[dict]:
     """WikiText-2 test perplexity as GPTQ/SparseGPT compute it: rows joined by blank lines, tokenized
     once, cut into consecutive ``seqlen`` windows (the first ``chunks`` of them, or all)."""
-    rows, _ = load_rows("wikitext2", "test")
+    rows, _ = load_rows("wikitext2", "test", data_source=data_source)
     ids = loaded.tokenizer("\n\n".join(rows), return_tensors="pt").input_ids[0]
     windows = ids[: (ids.numel() // seqlen) * seqlen].view(-1, seqlen)[:chunks]
     device = next(loaded.model.parameters()).device
     losses = []
     with torch.inference_mode():
-        for window in tqdm(windows, desc="perplexity", unit="window", leave=False):
+        for window in tqdm(windows, desc="perplexity", unit="window", leave=False,
+                           disable=not progress):
             batch = window[None].to(device)
             losses.append(loaded.model(input_ids=batch, labels=batch, use_cache=False).loss.float())
     nll = torch.stack(losses).cpu()
@@ -143,23 +171,25 @@ def perplexity(loaded: LoadedModel, seqlen: int = 512, chunks: int | None = None
 
 def evaluate(loaded: LoadedModel, settings: EvalSettings, pruning: Pruning | None = None,
              cache: Path | None = None) -> list[dict]:
-    """Rows (task, metric, value, stderr, n) for every task in ``settings``; cached results are reused.
+    """Rows (task, metric, value, stderr, n) for every task in ``settings``; stored results are reused.
 
-    ``pruning`` only labels the cache entry: the caller applies it to ``loaded.model`` beforehand.
+    ``pruning`` only labels the stored entry: the caller applies it to ``loaded.model`` beforehand.
     """
     settings.validate()
     cache = Path(cache) if cache is not None else cache_dir() / "evaluations"
+    identity = loaded.identity()
     rows = []
     for task in settings.tasks:
-        key = cache_key(loaded, pruning, task, settings)
-        path = cache / f"{sha256_text(json.dumps(key, sort_keys=True))[:32]}.json"
-        if path.exists():
-            rows.extend(json.loads(path.read_text())["rows"])
-            continue
-        if task == PERPLEXITY_TASK:
-            task_rows = perplexity(loaded, settings.ppl_seqlen, settings.ppl_chunks)
-        else:
-            task_rows = run_lm_eval(loaded, task, settings)
-        atomic_write_json(path, {"key": key, "rows": task_rows})
-        rows.extend(task_rows)
+        key = evaluation_key(identity, pruning, task, settings)
+        entry = store.cached(store.entry_path(cache, key), key,
+                             lambda task=task: {"rows": _run_task(loaded, task, settings)})
+        rows.extend(entry["rows"])
     return rows
+
+
+def _run_task(loaded: LoadedModel, task: str, settings: EvalSettings) -> list[dict]:
+    if task == PERPLEXITY_TASK:
+        source = "hub" if settings.online else "local"
+        return perplexity(loaded, settings.ppl_seqlen, settings.ppl_chunks, source, settings.progress)
+    with contextlib.redirect_stderr(sys.stderr if settings.progress else io.StringIO()):  # lm-eval's bars
+        return run_lm_eval(loaded, task, settings)

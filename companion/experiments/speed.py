@@ -21,6 +21,7 @@ import copy
 import csv
 import inspect
 import io
+import platform
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -31,8 +32,9 @@ import torch
 from torch import nn
 from transformers import DynamicCache
 
+from companion import store
 from companion.errors import CompanionError
-from companion.io import atomic_write_json, atomic_write_text
+from companion.io import atomic_write_text
 from companion.method.orders import drop_order
 from companion.model import adapters
 from companion.model.loading import LoadedModel
@@ -256,8 +258,8 @@ def speed_sweep(loaded: LoadedModel, scores: dict, method: str, granularity: str
     One deep copy of the model is pruned further at each K in ascending order: the drop sets of one
     order are nested, skipping an attention or MLP sub-layer again is a no-op, and for whole layers
     the original indices are mapped to the positions of the layers still present. ``loaded.model``
-    itself is not changed, so the process holds the dense weights twice. Every K runs on the same seeded random prompt. Speedups are relative to
-    K = 0; the expected ones come from :func:`run_flops` on the dense config.
+    itself is not changed, so the process holds the dense weights twice. Every K runs on the same seeded
+    random prompt. Speedups are relative to K = 0; the expected ones come from :func:`run_flops` on the dense config.
     """
     order = drop_order(scores, method, granularity, protect)
     num_layers = len(adapters.decoder_layers(loaded.model))
@@ -286,8 +288,8 @@ def speed_sweep(loaded: LoadedModel, scores: dict, method: str, granularity: str
         flops = run_flops(config, prompt_len, new_tokens, pruned)
         timing = measure(work, ids, new_tokens=new_tokens, warmup=warmup, repeats=repeats)
         rows.append({
-            "model": loaded.spec, "method": method, "granularity": granularity, "K": k, "dropped": dropped,
-            "params": count_parameters(work), **timing,
+            "model": loaded.identity()["spec"], "method": method, "granularity": granularity, "K": k,
+            "dropped": dropped, "params": count_parameters(work), **timing,
             "flops_prefill": flops["prefill"], "flops_decode": flops["decode"],
             "kv_cache_bytes_expected": kv_cache_bytes(config, context, pruned, loaded.dtype, batch_size),
         })
@@ -309,14 +311,34 @@ def _cell(value) -> str:
     return str(value)
 
 
-def write_speed(rows: list[dict], out_path: str | Path, settings: dict) -> tuple[Path, Path]:
-    """Write ``rows`` to ``out_path`` (JSON with schema, time, environment and ``settings``) and to the
-    same path with suffix ``.csv`` (lists as space-separated values, None as empty), both atomically."""
+def machine(device: torch.device) -> str:
+    """The processor that timings are measured on: the GPU's name, or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def speed_key(identity: dict, scores: dict, settings: Mapping) -> dict:
+    """Every input that can change a speed run (see :mod:`companion.store`), the machine included."""
+    device = torch.device("cuda" if identity["device_type"] == "cuda" else "cpu")
+    return {"kind": "speed", "model": identity, "machine": machine(device), "threads": torch.get_num_threads(),
+            "scores": scores["key_sha256"], "settings": dict(settings), "numerics": store.numerics()}
+
+
+def write_speed(rows: list[dict], out_path: str | Path, settings: dict, key: dict) -> tuple[Path, Path]:
+    """Write ``rows`` to ``out_path`` (JSON with schema, time, environment, ``settings`` and the store
+    ``key``) and to the same path with suffix ``.csv`` (lists as space-separated values, None as empty)."""
     out_path = Path(out_path)
     if out_path.suffix != ".json":
         raise CompanionError(f"speed results go to a .json file (the CSV is written next to it), not {out_path}")
-    atomic_write_json(out_path, {"schema": SCHEMA, "created": timestamp(), "environment": environment(),
-                                 "settings": settings, "rows": rows})
+    store.write(out_path, key, {"schema": SCHEMA, "created": timestamp(), "environment": environment(),
+                                "settings": settings, "rows": rows})
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -9,31 +9,34 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from companion import store
 from companion.errors import CompanionError
 from companion.experiments.evaluation import EvalSettings, evaluate
+from companion.experiments.evaluation import task_data as evaluation_task_data
 from companion.experiments.tasks import offline_differences
-from companion.hub import hub_reachable
-from companion.io import atomic_write_json, atomic_write_text
-from companion.method.calibration import load_documents, sample_windows
-from companion.method.orders import drop_order
-from companion.method.scoring import ScoreSettings, reusable_scores, score
+from companion.io import atomic_write_text
+from companion.method.calibration import load_documents
+from companion.method.orders import DropOrder, drop_order
+from companion.method.scoring import Scores, ScoreSettings, cached_scores
 from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning, count_parameters, temporarily_pruned
 from companion.names import primary_metric
 from companion.provenance import environment, timestamp
 
-COLUMNS = ["model", "calibration", "method", "granularity", "K", "dropped", "task", "metric", "primary", "value",
-           "stderr", "n", "params"]
+COLUMNS = ["model", "calibration", "method", "granularity", "K", "dropped", "protected", "task", "metric", "primary",
+           "value", "stderr", "n", "params"]
+SCHEMA = "companion.sweep/2"
 
 
 @dataclass
 class SweepSettings:
-    """Calibration, methods, granularities and drop counts of a sweep."""
+    """Calibration, methods, granularities, drop counts and protected layers of a sweep."""
 
     calibration: str = "wikitext2"
     samples: int = 64
@@ -43,42 +46,90 @@ class SweepSettings:
     granularities: list[str] = field(default_factory=lambda: ["attn", "layer"])
     drops: list[int] = field(default_factory=lambda: [0, 2, 4])
     protect: str = "auto"
+    data_source: str = "auto"
 
 
-def scores_for(loaded: LoadedModel, settings: SweepSettings, path: Path, progress: bool = True) -> dict:
-    """The scores of ``loaded`` on the sweep's calibration set, read from ``path`` when already there."""
-    score_settings = ScoreSettings()
-    existing = reusable_scores(path, loaded.spec, settings.calibration, settings.samples, settings.seqlen,
-                               settings.seed, score_settings)
-    if existing is not None:
-        return existing
-    docs = load_documents(settings.calibration)
-    windows = sample_windows(loaded.tokenizer, docs, settings.samples, settings.seqlen, settings.seed)
-    result = score(loaded, docs, windows, score_settings, progress=progress)
-    atomic_write_json(path, result)
-    return result
+def scores_path(out_dir: Path, calibration: str) -> Path:
+    """Where a sweep keeps the scores of ``calibration``."""
+    return Path(out_dir) / f"scores_{Path(calibration).stem}.json"
 
 
-def plan(scores: dict, settings: SweepSettings) -> dict[tuple[str, str, int], Pruning]:
-    """The pruning of every (method, granularity, K); checks all K before any evaluation starts."""
-    prunings = {}
+def sweep_path(out_dir: Path, calibration: str) -> Path:
+    """Where a sweep on ``calibration`` writes its table (``.json``; a ``.csv`` beside it)."""
+    return Path(out_dir) / f"sweep_{Path(calibration).stem}.json"
+
+
+def scores_for(model: Callable[[], LoadedModel], settings: SweepSettings, out_dir: Path,
+               identity: dict | None = None, progress: bool = True) -> Scores:
+    """The scores of the sweep's calibration set, reused from ``out_dir`` when computed for the same key."""
+    docs = load_documents(settings.calibration, data_source=settings.data_source)
+    return cached_scores(scores_path(out_dir, settings.calibration), model, docs, settings.samples, settings.seqlen,
+                         settings.seed, ScoreSettings(), identity=identity, progress=progress)
+
+
+def plan(scores: Scores, settings: SweepSettings) -> tuple[list[DropOrder], dict[tuple[str, str, int], Pruning]]:
+    """Every drop order and the pruning of every (method, granularity, K); checks all K before evaluating."""
+    orders, prunings = [], {}
     for method in settings.methods:
         for granularity in settings.granularities:
             order = drop_order(scores, method, granularity, settings.protect)
+            orders.append(order)
             for k in settings.drops:
                 prunings[(method, granularity, k)] = Pruning(granularity, order.drop_set(k))
-    return prunings
+    return orders, prunings
 
 
-def run_sweep(loaded: LoadedModel, settings: SweepSettings, eval_settings: EvalSettings, out_dir: Path,
-              progress: bool = True) -> list[dict]:
-    """Score, derive every drop order, evaluate each distinct pruning once, write ``sweep.csv``/``.json``."""
+def sweep_key(scores: Scores, settings: SweepSettings, eval_settings: EvalSettings, identity: dict) -> dict:
+    """Every input that can change a sweep table (see :mod:`companion.store`)."""
+    evaluation = {k: v for k, v in asdict(eval_settings).items() if k not in ("batch_size", "progress", "data_source")}
+    task_data = {task: evaluation_task_data(task, eval_settings.online) for task in eval_settings.tasks}
+    return {"kind": "sweep", "scores": scores["key_sha256"], "settings": asdict(settings), "evaluation": evaluation,
+            "task_data": task_data, "model": identity, "numerics": store.numerics()}
+
+
+def run_sweep(model: Callable[[], LoadedModel], settings: SweepSettings, eval_settings: EvalSettings, out_dir: Path,
+              identity: dict | None = None, progress: bool = True) -> dict:
+    """Score, derive every drop order, evaluate each distinct pruning once; write ``sweep_<calibration>``.
+
+    Returns the sweep's content (rows, orders, provenance). A sweep already in ``out_dir`` for the same
+    key is returned as it is; otherwise evaluations stored under ``out_dir/evaluations`` are reused.
+    ``model`` is called only when something has to be computed.
+    """
     eval_settings.validate()
     out_dir = Path(out_dir)
-    scores = scores_for(loaded, settings, out_dir / f"scores_{Path(settings.calibration).stem}.json", progress)
-    prunings = plan(scores, settings)
+    identity = identity or model().identity()
+    scores = scores_for(model, settings, out_dir, identity, progress)
+    orders, prunings = plan(scores, settings)
+    key = sweep_key(scores, settings, eval_settings, identity)
+
+    def compute() -> dict:
+        loaded = model()
+        rows = _evaluate_prunings(loaded, identity["spec"], settings, eval_settings, orders, prunings, out_dir,
+                                  progress)
+        content = {"schema": SCHEMA, "created": timestamp(), "model": loaded.provenance(),
+                   "settings": asdict(settings), "evaluation": asdict(eval_settings), "environment": environment(),
+                   "scores": {"file": scores_path(out_dir, settings.calibration).name,
+                              "key_sha256": scores["key_sha256"], "created": scores["created"],
+                              "data": {k: v for k, v in scores["data"].items() if k != "windows"}},
+                   "orders": [order.to_json() for order in orders],
+                   "distinct_prunings": len({_pruning_id(p) for p in prunings.values()}),
+                   "task_data": task_data_notes(eval_settings.tasks, eval_settings.online), "rows": rows}
+        write_csv(rows, sweep_path(out_dir, settings.calibration).with_suffix(".csv"))
+        return content
+
+    return store.cached(sweep_path(out_dir, settings.calibration), key, compute)
+
+
+def _pruning_id(pruning: Pruning) -> tuple[str, tuple[int, ...]]:
+    return (pruning.granularity, tuple(pruning.layers)) if pruning.layers else ("dense", ())
+
+
+def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSettings, eval_settings: EvalSettings,
+                       orders: list[DropOrder], prunings: dict[tuple[str, str, int], Pruning], out_dir: Path,
+                       progress: bool) -> list[dict]:
+    """Evaluate each distinct pruning once (the dense model once for all) and expand to tidy rows."""
     cache = out_dir / "evaluations"  # kept beside the results, so committed results make reruns cheap
-    distinct = {(p.granularity, tuple(p.layers)) if p.layers else ("dense", ()) for p in prunings.values()}
+    distinct = {_pruning_id(p) for p in prunings.values()}
     results, params = {}, {}
     dense_params = count_parameters(loaded.model)
     for key in tqdm(sorted(distinct), desc="evaluating prunings", unit="pruning", disable=not progress):
@@ -89,39 +140,34 @@ def run_sweep(loaded: LoadedModel, settings: SweepSettings, eval_settings: EvalS
         pruning = Pruning(granularity, list(layers))
         with temporarily_pruned(loaded.model, pruning) as report:
             results[key], params[key] = evaluate(loaded, eval_settings, pruning, cache), report["params_after"]
+    protected = {(o.method, o.granularity): " ".join(map(str, o.protected)) for o in orders}
     rows = []
     for (method, granularity, k), pruning in prunings.items():
-        key = (granularity, tuple(pruning.layers)) if pruning.layers else ("dense", ())
+        key = _pruning_id(pruning)
         for row in results[key]:
-            rows.append({"model": loaded.spec, "calibration": settings.calibration, "method": method,
+            rows.append({"model": model_label, "calibration": Path(settings.calibration).stem, "method": method,
                          "granularity": granularity, "K": k, "dropped": " ".join(map(str, pruning.layers)),
+                         "protected": protected[(method, granularity)],
                          "task": row["task"], "metric": row["metric"],
                          "primary": row["metric"] == primary_metric(row["task"]), "value": row["value"],
                          "stderr": row["stderr"], "n": row["n"], "params": params[key]})
-    write_table(rows, out_dir / f"sweep_{Path(settings.calibration).stem}", {
-        "created": timestamp(), "model": loaded.provenance(), "settings": asdict(settings),
-        "evaluation": asdict(eval_settings), "environment": environment(),
-        "scores": {"path": str(out_dir / f"scores_{Path(settings.calibration).stem}.json"),
-                   "created": scores["created"], "data": {k: v for k, v in scores["data"].items() if k != "windows"}},
-        "distinct_prunings": len(distinct), "task_data": task_data_notes(eval_settings.tasks)})
     return rows
 
 
-def task_data_notes(tasks: list[str]) -> dict[str, str]:
-    """Where each task's data came from; offline, how the local copy differs from the Hub's."""
-    if hub_reachable():
+def task_data_notes(tasks: list[str], online: bool) -> dict[str, str]:
+    """Where each task's data came from; from local copies, how they differ from the Hub's."""
+    if online:
         return {task: "Hugging Face Hub (stock lm-eval task)" for task in tasks}
     notes = {**offline_differences(), "wikitext2_ppl": "the rows of wikitext-2-raw-v1 test, as on the Hub."}
     return {task: f"local copy under COMPANION_DATA_DIR. {notes.get(task, '')}".strip() for task in tasks}
 
 
-def write_table(rows: list[dict], stem: Path, provenance: dict) -> None:
-    """Write ``rows`` as ``stem.csv`` and, with provenance, ``stem.json``; both atomically."""
+def write_csv(rows: list[dict], path: Path) -> None:
+    """Write sweep ``rows`` as CSV, atomically."""
     if not rows:
         raise CompanionError("nothing to write: the sweep produced no rows")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(stem.with_suffix(".csv"), buffer.getvalue())
-    atomic_write_json(stem.with_suffix(".json"), {"schema": "companion.sweep/1", **provenance, "rows": rows})
+    atomic_write_text(path, buffer.getvalue())

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import bz2
 import csv
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -399,7 +400,7 @@ def write_task_configs(out_dir: Path, tasks: list[str] | None = None) -> Path:
         spec = _TASKS[name]
         if not (stock_root / spec.stock).exists():
             raise CompanionError(f"lm-eval {_lm_eval_version()} has no stock config {spec.stock} for '{name}'")
-        sources = {rel: _source_hash(data_file(rel, f"{name} data")) for rel in spec.sources}
+        sources = source_hashes(name)
         if spec.group:
             _write_group(out_dir, name, spec, stock_root)
         else:
@@ -508,3 +509,11 @@ def _write_group(out_dir: Path, name: str, spec: _Task, stock_root: Path) -> Non
 
 
 __all__ = ["available_tasks", "offline_differences", "task_manager", "write_task_configs"]
+
+
+@functools.lru_cache(maxsize=None)
+def source_hashes(task: str) -> dict[str, str]:
+    """The sha256 of each local source file of ``task`` (folders as in SOURCES.md), by relative path."""
+    if task not in _TASKS:
+        raise CompanionError(f"unknown task '{task}'; available: {', '.join(available_tasks())}")
+    return {rel: _source_hash(data_file(rel, f"{task} data")) for rel in _TASKS[task].sources}

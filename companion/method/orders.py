@@ -77,7 +77,24 @@ class DropOrder:
         return "_".join(map(str, ranks))
 
     def to_json(self) -> dict:
+        """The order as JSON, with the paper code's rank string."""
         return {**asdict(self), "rank_string": self.rank_string()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> DropOrder:
+        """An order saved by :meth:`to_json`, checked: every layer once, protected or in the order."""
+        try:
+            order = cls(str(data["method"]), str(data["granularity"]), [int(i) for i in data["order"]],
+                        [int(i) for i in data["protected"]], [float(v) for v in data["values"]],
+                        int(data["num_layers"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CompanionError(f"malformed drop order: {exc!r}") from exc
+        if sorted(order.order + order.protected) != list(range(order.num_layers)):
+            raise CompanionError(f"drop order of {order.method}/{order.granularity} does not cover its "
+                                 f"{order.num_layers} layers exactly once")
+        if order.granularity not in GRANULARITIES:
+            raise CompanionError(f"unknown granularity '{order.granularity}' in a drop order")
+        return order
 
 
 def decode_rank_string(ranks: str) -> list[int]:

@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypedDict
 
 import torch
 from tqdm.auto import tqdm
 
+from companion import store
 from companion.errors import CompanionError
-from companion.method.calibration import Documents, Windows
+from companion.method.calibration import Documents, Windows, sample_windows
 from companion.method.estimators import SIMILARITY_SCORES, entropy_estimator
 from companion.model import adapters
 from companion.model.loading import LoadedModel
 from companion.names import ENTROPY_METHODS, GRANULARITIES
 from companion.provenance import environment, timestamp
 
-SCHEMA = "companion.scores/1"
+SCHEMA = "companion.scores/2"
 DEFAULT_PARAMS = {"knn": {"k": 25}, "bucket": {"bins": 80}, "renyi": {"alpha": 4.0}}
 
 
@@ -171,9 +174,50 @@ def summarize(per_sample: dict[tuple, torch.Tensor], num_layers: int) -> dict:
     return {"blocks": blocks, "profiles": profiles, "per_sample": samples}
 
 
+class BlockRecord(TypedDict):
+    """One block's score: ΔH with the mean entropies at its ends (entropy) or a similarity value."""
+
+    layer: int
+    granularity: str
+    method: str
+    kind: str
+    h_in: float | None
+    h_out: float | None
+    value: float
+    value_std: float
+
+
+class Scores(TypedDict):
+    """A scores file: block records, entropy profiles and per-sample values, with their provenance."""
+
+    schema: str
+    created: str
+    key: dict
+    key_sha256: str
+    model: dict
+    data: dict
+    settings: dict
+    environment: dict
+    num_layers: int
+    blocks: list[BlockRecord]
+    profiles: dict[str, list[float]]
+    per_sample: dict
+
+
+def scores_key(identity: dict, documents: dict, samples: int, seqlen: int, seed: int,
+               settings: ScoreSettings) -> dict:
+    """Every input that can change a scores file (see :mod:`companion.store`)."""
+    return {"kind": "scores", "model": identity,
+            "documents": {k: documents[k] for k in ("source", "split", "origin", "sha256")},
+            "windows": {"samples": samples, "seqlen": seqlen, "seed": seed},
+            "estimators": list(settings.estimators),
+            "params": {k: v for k, v in settings.params.items() if k in settings.estimators},
+            "numerics": store.numerics()}
+
+
 def score(loaded: LoadedModel, docs: Documents, windows: Windows, settings: ScoreSettings,
           progress: bool = True) -> dict:
-    """Score every block of ``loaded`` on ``windows``; returns the content of a scores file."""
+    """Score every block of ``loaded`` on ``windows``; returns the content of a scores file (without its key)."""
     per_sample = collect(loaded, windows, settings, progress=progress)
     num_layers = len(adapters.decoder_layers(loaded.model))
     return {
@@ -190,29 +234,49 @@ def score(loaded: LoadedModel, docs: Documents, windows: Windows, settings: Scor
     }
 
 
-def read_scores(path: str | Path) -> dict:
-    """Load a scores file, or a one-line error if it is missing, unreadable or not a scores file."""
+def cached_scores(path: str | Path, model: Callable[[], LoadedModel], docs: Documents, samples: int, seqlen: int,
+                  seed: int, settings: ScoreSettings, identity: dict | None = None, progress: bool = True,
+                  force: bool = False) -> Scores:
+    """The scores of ``model()`` on windows of ``docs``: read from ``path`` when computed for the same key.
+
+    ``model`` is called only when something has to be computed; ``identity`` (the model's, from
+    :func:`companion.model.loading.model_identity`) lets the check run without loading the weights;
+    ``force`` recomputes whatever is stored.
+    """
+    settings.validate()
+    identity = identity or model().identity()
+    key = scores_key(identity, docs.provenance(), samples, seqlen, seed, settings)
+
+    def compute() -> dict:
+        loaded = model()
+        windows = sample_windows(loaded.tokenizer, docs, samples, seqlen, seed)
+        return score(loaded, docs, windows, settings, progress=progress)
+
+    return validate_scores(store.cached(path, key, compute, force=force), str(path))
+
+
+_REQUIRED = {"schema": str, "created": str, "key": dict, "model": dict, "data": dict, "settings": dict,
+             "num_layers": int, "blocks": list, "profiles": dict, "per_sample": dict}
+_BLOCK_FIELDS = set(BlockRecord.__annotations__)
+
+
+def validate_scores(scores: Any, where: str = "scores") -> Scores:
+    """``scores`` as a :class:`Scores`, or a one-line error naming what is missing or malformed."""
+    if not isinstance(scores, dict) or scores.get("schema") != SCHEMA:
+        raise CompanionError(f"{where} is not a companion scores file (expected schema {SCHEMA})")
+    for name, kind in _REQUIRED.items():
+        if not isinstance(scores.get(name), kind):
+            raise CompanionError(f"{where}: field '{name}' is missing or not a {kind.__name__}")
+    bad = next((b for b in scores["blocks"] if not isinstance(b, dict) or set(b) != _BLOCK_FIELDS), None)
+    if bad is not None:
+        raise CompanionError(f"{where}: malformed block record {bad!r}")
+    return scores  # type: ignore[return-value]
+
+
+def read_scores(path: str | Path) -> Scores:
+    """Load and validate a scores file, or a one-line error if it is missing, unreadable or malformed."""
     try:
         scores = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CompanionError(f"cannot read scores file {path}: {exc}") from exc
-    if not isinstance(scores, dict) or scores.get("schema") != SCHEMA:
-        raise CompanionError(f"{path} is not a companion scores file (expected schema {SCHEMA})")
-    return scores
-
-
-def reusable_scores(path: str | Path, model: str, source: str, samples: int, seqlen: int, seed: int,
-                    settings: ScoreSettings) -> dict | None:
-    """The scores file at ``path`` if it already answers this request (so a rerun can skip scoring)."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    scores = read_scores(path)
-    data = scores.get("data", {})
-    same = (scores.get("model", {}).get("spec") == model
-            and (data.get("source"), data.get("samples"), data.get("seqlen"), data.get("seed"))
-            == (Path(source).stem, samples, seqlen, seed)
-            and scores.get("settings", {}).get("estimators") == list(settings.estimators)
-            and scores["settings"].get("params") == {k: v for k, v in settings.params.items()
-                                                     if k in settings.estimators})
-    return scores if same else None
+    return validate_scores(scores, str(path))

@@ -20,7 +20,6 @@ from companion.model.surgery import apply_pruning
 from companion.paths import cache_dir
 
 DEFAULT_MODEL = "gemma-3-270m"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
 @dataclass
@@ -35,6 +34,10 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
 
+    def identity(self) -> dict:
+        """What a cached result computed with this model depends on (see :mod:`companion.store`)."""
+        return _identity(self.spec, self.path, self.source, self.device, self.dtype)
+
     def provenance(self) -> dict:
         """What identifies these weights in a results file."""
         return {
@@ -43,7 +46,7 @@ class LoadedModel:
             "source": self.source,
             "model_type": self.model.config.model_type,
             "num_layers": self.model.config.get_text_config().num_hidden_layers,
-            "weights_sha256": weights_fingerprint(self.path) if Path(self.path).is_dir() else None,
+            "fingerprint": checkpoint_fingerprint(self.path) if Path(self.path).is_dir() else None,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
         }
@@ -75,21 +78,28 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return names[dtype]
 
 
-def weights_fingerprint(folder: str | Path) -> str:
-    """sha256 over the weight files of a checkpoint folder, cached by file size and mtime."""
+def checkpoint_fingerprint(folder: str | Path) -> str:
+    """sha256 over every file of a checkpoint folder (weights, config, tokenizer, pruning manifest).
+
+    Per-file hashes are cached by path, size and mtime, so a large checkpoint is hashed once.
+    """
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     if not files:
         return ""
     cache_file = cache_dir() / "fingerprints.json"
-    cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
     parts = []
     for path in files:
         stat = path.resolve().stat()
         key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         if key not in cache:
             cache[key] = sha256_file(path)
-        parts.append(f"{path.name}:{cache[key]}")
+        parts.append(f"{path.relative_to(folder).as_posix()}:{cache[key]}")
     atomic_write_json(cache_file, cache)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
@@ -117,6 +127,29 @@ def default_model_dir() -> Path:
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
+
+
+def _identity(spec: str, path: str, source: str, device: torch.device, dtype: torch.dtype) -> dict:
+    name = Path(spec).name if source == "local" else spec
+    return {"spec": name, "source": source, "fingerprint": checkpoint_fingerprint(path),
+            "dtype": str(dtype).replace("torch.", ""), "device_type": device.type}
+
+
+def model_identity(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> dict | None:
+    """The identity :meth:`LoadedModel.identity` would give, without loading the weights.
+
+    ``None`` for a Hub model that is not in the local Hugging Face cache (nothing can be reused then).
+    """
+    target, source = _locate(spec)
+    if source == "hub":
+        from huggingface_hub import snapshot_download
+
+        try:
+            target = snapshot_download(spec, local_files_only=True)
+        except Exception:  # noqa: BLE001 - any miss of the local cache means "not on disk"
+            return None
+    torch_device = resolve_device(device)
+    return _identity(spec, target, source, torch_device, resolve_dtype(dtype, torch_device))
 
 
 def _locate(spec: str) -> tuple[str, str]:

@@ -1,0 +1,145 @@
+"""The one place that decides whether a computed result can be reused.
+
+Every computed result (a scores file, one task's evaluation of one pruning, a sweep table, a speed
+run) is written together with its **key**: a JSON object holding every input that can change it.
+A result is reused only when the key recorded beside it equals the key of the request, field for
+field; anything else recomputes and overwrites. The keys, assembled where each result is computed:
+
+==============  ===========================================================================================
+result          key
+==============  ===========================================================================================
+scores          model identity (spec, checkpoint fingerprint, dtype, device type); calibration documents
+                (source, split, origin ``hub``/``local``/``file``, content sha256); windows (samples,
+                seqlen, seed); estimators and their parameters; :func:`numerics`
+evaluation      model identity; pruning (granularity, dropped layers); task; task data (origin and the
+                sha256 of each local source file); few-shot; limit; evaluation backend (``FastHFLM`` or
+                stock ``HFLM``); perplexity windows; :func:`numerics`
+sweep           the scores key's digest; methods, granularities, drop counts, protected layers rule;
+                the evaluation settings; model identity; :func:`numerics`
+speed           model identity; the machine (CPU or GPU name); scores key digest; method, protection,
+                granularities, drop counts; prompt, generated tokens, batch, warm-up, repeats; numerics
+notebook        the notebook's source, its parameters, the package source, and a fingerprint of the
+                JSON/CSV results under the run's results folder (see :mod:`companion.analysis.reproduce`)
+==============  ===========================================================================================
+
+The model identity's fingerprint hashes every file of the checkpoint folder (weights, config, tokenizer,
+pruning manifest), so a local model folder whose files changed is never served old results.
+:func:`numerics` holds the versions of the libraries whose arithmetic results depend on (torch,
+transformers, lm-eval) and :data:`NUMERICS_VERSION`, which is bumped whenever numeric code of this
+package changes. Batch sizes are not in the keys: they change results only by float rounding.
+
+Entries are written atomically, under a per-entry file lock, so concurrent runs on one results folder
+neither corrupt an entry nor compute it twice; a truncated or corrupt entry is recomputed after a
+one-line warning.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from companion.io import atomic_write_json
+
+# Bumped whenever code that computes numbers changes what it computes (estimators, scoring, evaluation,
+# FastHFLM, perplexity, speed). 2: KNN distances of identical tokens are exactly zero.
+NUMERICS_VERSION = 2
+_NUMERIC_LIBRARIES = ("torch", "transformers", "lm_eval")
+
+
+def numerics() -> dict[str, Any]:
+    """The package's numerics version and the versions of the libraries that do its arithmetic."""
+    versions: dict[str, Any] = {"companion_numerics": NUMERICS_VERSION}
+    for name in _NUMERIC_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def digest(key: Any) -> str:
+    """sha256 of a key's canonical JSON (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def entry_path(folder: str | Path, key: Any) -> Path:
+    """A content-addressed file name for ``key`` in ``folder``."""
+    return Path(folder) / f"{digest(key)[:32]}.json"
+
+
+def _warn(path: Path, reason: str) -> None:
+    print(f"warning: ignoring unreadable result {path.name} ({reason}); recomputing it", file=sys.stderr)
+
+
+def read(path: str | Path, key: Any) -> dict | None:
+    """The result stored at ``path`` if it was computed for ``key``; ``None`` when absent or stale.
+
+    A truncated or corrupt file gives a one-line warning and ``None`` (so it is recomputed).
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _warn(path, type(exc).__name__)
+        return None
+    if not isinstance(content, dict) or "key" not in content:
+        _warn(path, "no key recorded")
+        return None
+    return content if content["key"] == json.loads(json.dumps(key)) else None
+
+
+def write(path: str | Path, key: Any, content: dict) -> dict:
+    """Write ``content`` with its ``key`` (and the key's digest) atomically; returns what was written."""
+    stored = {**content, "key": key, "key_sha256": digest(key)}
+    atomic_write_json(path, stored)
+    return stored
+
+
+@contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock for the result at ``path`` (a ``.lock`` file beside it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached(path: str | Path, key: Any, compute: Callable[[], dict], force: bool = False) -> dict:
+    """The result for ``key`` at ``path``: reused when it was computed for this key, else computed and written.
+
+    The check is repeated under the lock, so of two concurrent runs only one computes; ``force``
+    recomputes (the old file stays until the new one replaces it).
+    """
+    found = None if force else read(path, key)
+    if found is not None:
+        return found
+    with locked(path):
+        found = None if force else read(path, key)
+        if found is not None:
+            return found
+        return write(path, key, compute())
+
+
+def fingerprint_files(folder: str | Path, suffixes: tuple[str, ...] = (".json", ".csv")) -> str:
+    """sha256 over the relative names and bytes of the files with ``suffixes`` under ``folder``."""
+    folder = Path(folder)
+    hasher = hashlib.sha256()
+    if folder.is_dir():
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes
+                           and not p.name.startswith(".")):
+            hasher.update(path.relative_to(folder).as_posix().encode() + b"\0")
+            hasher.update(hashlib.sha256(path.read_bytes()).digest())
+    return hasher.hexdigest()
