@@ -41,11 +41,18 @@ def _order_args(parser: argparse.ArgumentParser) -> None:
                              "none, or e.g. first:2,last:1 (the paper's code) or 0,1,17")
 
 
+def _file_ref(path: str) -> dict:
+    """A user-given file as results record it: its name and content hash, never where it lies."""
+    from companion.io import sha256_file
+
+    return {"name": Path(path).name, "sha256": sha256_file(path)}
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from companion.io import atomic_write_json
     from companion.method.calibration import load_documents, sample_windows
     from companion.method.scoring import ScoreSettings, reusable_scores, score
-    from companion.model.loading import load_model
+    from companion.model.loading import load_model, portable_spec, weights_fingerprint
 
     settings = ScoreSettings(
         estimators=[e.strip() for e in args.estimators.split(",") if e.strip()],
@@ -54,11 +61,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     )
     settings.validate()
     out = Path(args.out)
-    if not args.force and reusable_scores(out, args.model, args.data, args.samples, args.seqlen, args.seed, settings):
+    docs = load_documents(args.data, args.split, args.data_source)
+    existing = None if args.force else reusable_scores(out, portable_spec(args.model), args.data, args.samples,
+                                                       args.seqlen, args.seed, settings)
+    folder = Path(args.model).expanduser()
+    if (existing is not None and existing["data"].get("sha256") == docs.sha256
+            and (not folder.is_dir() or existing["model"].get("weights_sha256") == weights_fingerprint(folder))):
         print(f"{out} already holds these scores (use --force to recompute)", file=sys.stderr)
         return 0
     loaded = load_model(args.model, args.device, args.dtype)
-    docs = load_documents(args.data, args.split)
     windows = sample_windows(loaded.tokenizer, docs, args.samples, args.seqlen, args.seed)
     result = score(loaded, docs, windows, settings, progress=not args.quiet)
     atomic_write_json(out, result)
@@ -95,7 +106,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             raise CompanionError("prune needs --scores and --drop (or explicit --layers)")
         order = drop_order(read_scores(args.scores), args.method, args.granularity, args.protect)
         layers = order.drop_set(args.drop)
-        source = {"scores": str(Path(args.scores).resolve()), "order": order.to_json()}
+        source = {"scores": _file_ref(args.scores), "order": order.to_json()}
     loaded = load_model(args.model, args.device, args.dtype)
     report = apply_pruning(loaded.model, Pruning(args.granularity, layers))
     save_pruned(loaded.model, loaded.tokenizer, args.out, {**report, "base_model": loaded.provenance(), **source})
@@ -213,8 +224,8 @@ def cmd_speed(args: argparse.Namespace) -> int:
               f"(x{row['measured_speedup_prefill']:.2f}, FLOPs x{row['expected_speedup_prefill']:.2f})  "
               f"decode {row['decode_tps']:.1f} tok/s (x{row['measured_speedup_decode']:.2f}, "
               f"FLOPs x{row['expected_speedup_decode']:.2f})")
-    write_speed(rows, args.out, {"model": loaded.provenance(), "scores": args.scores, "method": args.method,
-                                 "protect": args.protect, **measure})
+    write_speed(rows, args.out, {"model": loaded.provenance(), "scores": _file_ref(args.scores),
+                                 "method": args.method, "protect": args.protect, **measure})
     return 0
 
 
@@ -250,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p)
     p.add_argument("--data", default="c4", help="wikitext2, c4, or a .txt/.jsonl/.json/.parquet file of documents")
     p.add_argument("--split", default=None, help="split of a named source (default: validation)")
+    p.add_argument("--data-source", choices=["auto", "hub", "local"], default="auto",
+                   help="for wikitext2/c4: the Hugging Face Hub, the local copies under COMPANION_DATA_DIR, "
+                        "or auto (the Hub when reachable, else local)")
     p.add_argument("--samples", type=int, default=128, help="number of calibration windows")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per window")
     p.add_argument("--seed", type=int, default=2024, help="seed of the window draw")

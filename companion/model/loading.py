@@ -36,17 +36,27 @@ class LoadedModel:
     dtype: torch.dtype
 
     def provenance(self) -> dict:
-        """What identifies these weights in a results file."""
+        """What identifies these weights in a results file, with no path of this machine.
+
+        A local folder is named by its folder name; a Hub model by its id and snapshot revision. The
+        weights themselves are identified by ``weights_sha256`` over the checkpoint's weight files.
+        """
         return {
-            "spec": self.spec,
-            "path": self.path,
+            "spec": portable_spec(self.spec),
             "source": self.source,
+            "revision": Path(self.path).name if self.source == "hub" else None,
             "model_type": self.model.config.model_type,
             "num_layers": self.model.config.get_text_config().num_hidden_layers,
             "weights_sha256": weights_fingerprint(self.path) if Path(self.path).is_dir() else None,
-            "device": str(self.device),
+            "device": self.device.type,
             "dtype": str(self.dtype).replace("torch.", ""),
         }
+
+
+def portable_spec(spec: str) -> str:
+    """How results name a model: a local folder by its folder name (never its path), anything else as given."""
+    path = Path(spec).expanduser()
+    return path.resolve().name if spec != DEFAULT_MODEL and path.is_dir() else spec
 
 
 def resolve_device(device: str = "auto") -> torch.device:
