@@ -41,6 +41,13 @@ def _order_args(parser: argparse.ArgumentParser) -> None:
                              "none, or e.g. first:2,last:1 (the paper's code) or 0,1,17")
 
 
+def _file_ref(path: str) -> dict:
+    """A user-given file as results record it: its name and content hash, never where it lies."""
+    from companion.io import sha256_file
+
+    return {"name": Path(path).name, "sha256": sha256_file(path)}
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     import functools
 
@@ -99,7 +106,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             raise CompanionError("prune needs --scores and --drop (or explicit --layers)")
         order = drop_order(read_scores(args.scores), args.method, args.granularity, args.protect)
         layers = order.drop_set(args.drop)
-        source = {"scores": str(Path(args.scores).resolve()), "order": order.to_json()}
+        source = {"scores": _file_ref(args.scores), "order": order.to_json()}
     loaded = load_model(args.model, args.device, args.dtype)
     report = apply_pruning(loaded.model, Pruning(args.granularity, layers))
     save_pruned(loaded.model, loaded.tokenizer, args.out, {**report, "base_model": loaded.provenance(), **source})
@@ -225,7 +232,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
               f"(x{row['measured_speedup_prefill']:.2f}, FLOPs x{row['expected_speedup_prefill']:.2f})  "
               f"decode {row['decode_tps']:.1f} tok/s (x{row['measured_speedup_decode']:.2f}, "
               f"FLOPs x{row['expected_speedup_decode']:.2f})")
-    write_speed(rows, args.out, {"model": loaded.provenance(), "scores": Path(args.scores).name, **settings},
+    write_speed(rows, args.out, {"model": loaded.provenance(), "scores": _file_ref(args.scores), **settings},
                 speed_key(loaded.identity(), scores, settings))
     return 0
 
@@ -266,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="c4", help="wikitext2, c4, or a .txt/.jsonl/.json/.parquet file of documents")
     p.add_argument("--split", default=None, help="split of a named source (default: validation)")
     p.add_argument("--data-source", choices=["auto", "hub", "local"], default="auto",
-                   help="where named sources come from: the Hub when reachable (auto), the Hub, or COMPANION_DATA_DIR")
+                   help="for wikitext2/c4: the Hugging Face Hub, the local copies under COMPANION_DATA_DIR, "
+                        "or auto (the Hub when reachable, else local)")
     p.add_argument("--samples", type=int, default=128, help="number of calibration windows")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per window")
     p.add_argument("--seed", type=int, default=2024, help="seed of the window draw")

@@ -78,10 +78,10 @@ def _warn(path: Path, reason: str) -> None:
     print(f"warning: ignoring unreadable result {path.name} ({reason}); recomputing it", file=sys.stderr)
 
 
-def read(path: str | Path, key: Any) -> dict | None:
+def read(path: str | Path, key: Any, warn: bool = True) -> dict | None:
     """The result stored at ``path`` if it was computed for ``key``; ``None`` when absent or stale.
 
-    A truncated or corrupt file gives a one-line warning and ``None`` (so it is recomputed).
+    A truncated or corrupt file gives ``None`` (so it is recomputed) and, with ``warn``, a one-line warning.
     """
     path = Path(path)
     if not path.exists():
@@ -89,10 +89,12 @@ def read(path: str | Path, key: Any) -> dict | None:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        _warn(path, type(exc).__name__)
+        if warn:
+            _warn(path, type(exc).__name__)
         return None
     if not isinstance(content, dict) or "key" not in content:
-        _warn(path, "no key recorded")
+        if warn:
+            _warn(path, "no key recorded")
         return None
     return content if content["key"] == json.loads(json.dumps(key)) else None
 
@@ -127,7 +129,7 @@ def cached(path: str | Path, key: Any, compute: Callable[[], dict], force: bool 
     if found is not None:
         return found
     with locked(path):
-        found = None if force else read(path, key)
+        found = None if force else read(path, key, warn=False)
         if found is not None:
             return found
         return write(path, key, compute())

@@ -43,7 +43,7 @@ def sweep_rows() -> list[dict]:
 
     def add(method, k, task, metric, value, stderr, primary=True):
         rows.append({"model": "m", "calibration": "wikitext2", "method": method, "granularity": "attn", "K": k,
-                     "dropped": "" if k == 0 else "3 4", "task": task, "metric": metric, "primary": primary,
+                     "dropped": "" if k == 0 else "3 4", "protected": "0", "task": task, "metric": metric, "primary": primary,
                      "value": value, "stderr": stderr, "n": 8, "params": 100})
 
     for method, accs in {"knn": (0.6, 0.4, 0.5, 0.3), "cosine": (0.6, 0.4, 0.3, 0.3)}.items():
@@ -191,11 +191,12 @@ def test_mean_accuracy_stderr_and_retention():
 
 
 def test_sweep_tables_round_trip_through_csv_and_json(tmp_path):
-    from companion.experiments.sweep import write_table
+    from companion.experiments.sweep import write_csv
 
     rows = sweep_rows()
     rows[0]["stderr"] = None
-    write_table(rows, tmp_path / "sweep_wikitext2", {"settings": {}})
+    write_csv(rows, tmp_path / "sweep_wikitext2.csv")
+    (tmp_path / "sweep_wikitext2.json").write_text(json.dumps({"rows": rows}))
     from_json = runs.load_sweep(tmp_path / "sweep_wikitext2.json")
     from_csv = runs.load_sweep(tmp_path / "sweep_wikitext2.csv")
     for frame in (from_json, from_csv):

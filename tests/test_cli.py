@@ -32,7 +32,7 @@ def test_score_order_prune_info(tmp_path, capsys, tiny_checkpoint, corpus):
     code, _, err = run(capsys, "score", *common, "--knn-k", "3", "--bucket-bins", "8")
     assert code == 0 and "wrote" in err, err
     result = json.loads(open(scores).read())
-    assert result["num_layers"] == 4 and result["data"]["samples"] == 4 and result["model"]["weights_sha256"]
+    assert result["num_layers"] == 4 and result["data"]["samples"] == 4 and result["model"]["fingerprint"]
     code, _, err = run(capsys, "score", *common, "--knn-k", "3", "--bucket-bins", "8")
     assert code == 0 and "already holds these scores" in err
 

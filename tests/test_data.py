@@ -13,7 +13,12 @@ from conftest import make_tiny_tokenizer
 
 from companion.errors import CompanionError
 from companion.method import calibration as data
-from companion.method.calibration import Documents, load_documents, sample_windows, wikitext_articles
+from companion.method.calibration import (
+    Documents,
+    load_documents,
+    sample_windows,
+    wikitext_articles,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +84,8 @@ def test_named_sources_offline(monkeypatch):
     wiki = load_documents("wikitext2")
     assert wiki.origin == "local" and wiki.split == "validation" and len(wiki.texts) == 60
     c4 = load_documents("c4")
-    assert len(c4.texts) == 2000
+    assert c4.path == "c4/c4_valid_part_of_0.json" and len(c4.texts) == data.C4_VALIDATION_DOCUMENTS == 1025
+    assert c4.texts[0].startswith("The woman who died after falling from a bridge over the A21")
     with pytest.raises(CompanionError, match="no local 'train' split"):
         load_documents("wikitext2", "train")
     monkeypatch.delenv("COMPANION_DATA_DIR")

@@ -17,6 +17,7 @@ from companion.errors import CompanionError
 from companion.experiments import evaluation
 from companion.experiments.evaluation import EvalSettings, evaluate
 from companion.experiments.sweep import COLUMNS, SweepSettings, plan, run_sweep
+from companion.method.orders import DropOrder
 from companion.model.loading import LoadedModel, load_model
 from companion.model.surgery import Pruning, apply_pruning
 from companion.names import PERPLEXITY_TASK
@@ -93,13 +94,16 @@ def _scores(num_layers: int = 4) -> dict:
 def test_plan_and_sweep_evaluate_each_distinct_pruning_once(tmp_path, counted, monkeypatch):
     settings = SweepSettings(calibration="toy", methods=["knn", "cosine"], granularities=["attn", "layer"],
                              drops=[0, 1, 2])
-    prunings = plan(_scores(), settings)
+    orders, prunings = plan(_scores(), settings)
     assert prunings[("knn", "attn", 1)].layers == [1] and prunings[("cosine", "attn", 2)].layers == [1, 2]
+    assert len(orders) == 4 and orders[0].protected == []
     with pytest.raises(CompanionError, match="cannot drop 5"):
         plan(_scores(), SweepSettings(methods=["knn"], granularities=["attn"], drops=[5]))
-    scores = {**_scores(), "created": "now", "data": {"source": "toy"}}
+    scores = {**_scores(), "created": "now", "data": {"source": "toy"}, "key_sha256": "0" * 64}
     monkeypatch.setattr("companion.experiments.sweep.scores_for", lambda *a, **k: scores)
-    rows = run_sweep(_loaded(), settings, EvalSettings(tasks=["piqa"], limit=4), tmp_path, progress=False)
+    loaded = _loaded()
+    sweep = run_sweep(lambda: loaded, settings, EvalSettings(tasks=["piqa"], limit=4), tmp_path, progress=False)
+    rows = sweep["rows"]
     # dense once; attn/layer: {1}, {1,2} (shared by knn and cosine at K=2), {2}: 1 + 2 * 3 = 7 evaluations
     assert len(counted) == 7
     assert len(rows) == 2 * 2 * 3 and set(rows[0]) == set(COLUMNS)
@@ -107,7 +111,12 @@ def test_plan_and_sweep_evaluate_each_distinct_pruning_once(tmp_path, counted, m
     assert {r["dropped"] for r in k2} == {"1 2"} and len({r["value"] for r in k2}) == 1
     table = (tmp_path / "sweep_toy.csv").read_text().splitlines()
     assert table[0] == ",".join(COLUMNS) and len(table) == 13
-    assert json.loads((tmp_path / "sweep_toy.json").read_text())["distinct_prunings"] == 7
+    stored = json.loads((tmp_path / "sweep_toy.json").read_text())
+    assert stored["distinct_prunings"] == 7 and stored["key"]["kind"] == "sweep"
+    assert [DropOrder.from_json(o).drop_set(2) for o in stored["orders"]] == [[1, 2], [1, 2], [1, 2], [1, 2]]
+    # the same request again: reused as it is, nothing evaluated
+    assert run_sweep(lambda: loaded, settings, EvalSettings(tasks=["piqa"], limit=4), tmp_path,
+                     progress=False)["created"] == stored["created"] and len(counted) == 7
 
 
 @needs_data

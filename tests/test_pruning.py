@@ -10,11 +10,22 @@ from conftest import make_tiny_model, make_tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from companion.errors import CompanionError
-from companion.method.orders import DropOrder, compression_stage, decode_rank_string, drop_order, parse_protect
+from companion.method.orders import (
+    DropOrder,
+    compression_stage,
+    decode_rank_string,
+    drop_order,
+    parse_protect,
+)
 from companion.model import adapters
 from companion.model.checkpoints import save_pruned
 from companion.model.loading import load_model
-from companion.model.surgery import Pruning, apply_pruning, count_parameters, temporarily_pruned
+from companion.model.surgery import (
+    Pruning,
+    apply_pruning,
+    count_parameters,
+    temporarily_pruned,
+)
 
 PAPER_RANKS = "29_30_28_27_26_23_25_24_21_22_18_17_19_20_16_15_14_13_10_2_3_12_7_5_8_0_6_9_4_1_11_31"
 

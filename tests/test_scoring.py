@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import make_tiny_model, make_tiny_tokenizer
 
+from companion import store
 from companion.errors import CompanionError
 from companion.method import estimators
 from companion.method.calibration import Documents, Windows
@@ -98,6 +99,9 @@ def test_scores_file_content(tmp_path):
     assert result["data"]["windows"] == [[i, 0] for i in range(5)]
     path = tmp_path / "scores.json"
     path.write_text(json.dumps(result))
+    with pytest.raises(CompanionError, match="'key'"):  # a scores file always records what it was computed for
+        read_scores(path)
+    store.write(path, {"kind": "scores"}, result)
     assert read_scores(path)["num_layers"] == 4
 
 

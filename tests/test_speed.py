@@ -192,13 +192,14 @@ def test_speed_sweep_rejects_too_many_drops_and_pruned_models():
 def test_write_speed(tmp_path):
     rows = [{"model": "m", "K": 0, "dropped": [], "peak_memory_bytes": None, "prefill_tps": 10.5},
             {"model": "m", "K": 2, "dropped": [1, 3], "peak_memory_bytes": None, "prefill_tps": 12.0}]
-    json_path, csv_path = write_speed(rows, tmp_path / "speed.json", {"prompt_len": 8})
+    json_path, csv_path = write_speed(rows, tmp_path / "speed.json", {"prompt_len": 8}, {"kind": "speed"})
     saved = json.loads(json_path.read_text())
     assert saved["schema"] == "companion.speed/1" and saved["rows"] == rows
     assert saved["settings"] == {"prompt_len": 8} and "versions" in saved["environment"] and saved["created"]
+    assert saved["key"] == {"kind": "speed"}
     with open(csv_path, newline="") as handle:
         table = list(csv.DictReader(handle))
     assert csv_path.name == "speed.csv"
     assert table[1] == {"model": "m", "K": "2", "dropped": "1 3", "peak_memory_bytes": "", "prefill_tps": "12.0"}
     with pytest.raises(CompanionError, match="a .json file"):
-        write_speed(rows, tmp_path / "speed.csv", {})
+        write_speed(rows, tmp_path / "speed.csv", {}, {})

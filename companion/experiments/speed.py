@@ -37,7 +37,7 @@ from companion.errors import CompanionError
 from companion.io import atomic_write_text
 from companion.method.orders import drop_order
 from companion.model import adapters
-from companion.model.loading import LoadedModel
+from companion.model.loading import LoadedModel, portable_spec
 from companion.model.surgery import Pruning, apply_pruning, count_parameters
 from companion.names import GRANULARITIES
 from companion.provenance import environment, timestamp
@@ -288,7 +288,7 @@ def speed_sweep(loaded: LoadedModel, scores: dict, method: str, granularity: str
         flops = run_flops(config, prompt_len, new_tokens, pruned)
         timing = measure(work, ids, new_tokens=new_tokens, warmup=warmup, repeats=repeats)
         rows.append({
-            "model": loaded.identity()["spec"], "method": method, "granularity": granularity, "K": k,
+            "model": portable_spec(loaded.spec), "method": method, "granularity": granularity, "K": k,
             "dropped": dropped, "params": count_parameters(work), **timing,
             "flops_prefill": flops["prefill"], "flops_decode": flops["decode"],
             "kv_cache_bytes_expected": kv_cache_bytes(config, context, pruned, loaded.dtype, batch_size),

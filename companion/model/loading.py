@@ -39,17 +39,27 @@ class LoadedModel:
         return _identity(self.spec, self.path, self.source, self.device, self.dtype)
 
     def provenance(self) -> dict:
-        """What identifies these weights in a results file."""
+        """What identifies these weights in a results file, with no path of this machine.
+
+        A local folder is named by its folder name; a Hub model by its id and snapshot revision. The
+        checkpoint itself is identified by ``fingerprint`` over all its files (:func:`checkpoint_fingerprint`).
+        """
         return {
-            "spec": self.spec,
-            "path": self.path,
+            "spec": portable_spec(self.spec),
             "source": self.source,
+            "revision": Path(self.path).name if self.source == "hub" else None,
             "model_type": self.model.config.model_type,
             "num_layers": self.model.config.get_text_config().num_hidden_layers,
             "fingerprint": checkpoint_fingerprint(self.path) if Path(self.path).is_dir() else None,
-            "device": str(self.device),
+            "device": self.device.type,
             "dtype": str(self.dtype).replace("torch.", ""),
         }
+
+
+def portable_spec(spec: str) -> str:
+    """How results name a model: a local folder by its folder name (never its path), anything else as given."""
+    path = Path(spec).expanduser()
+    return path.resolve().name if spec != DEFAULT_MODEL and path.is_dir() else spec
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -130,8 +140,7 @@ def default_model_dir() -> Path:
 
 
 def _identity(spec: str, path: str, source: str, device: torch.device, dtype: torch.dtype) -> dict:
-    name = Path(spec).name if source == "local" else spec
-    return {"spec": name, "source": source, "fingerprint": checkpoint_fingerprint(path),
+    return {"spec": portable_spec(spec), "source": source, "fingerprint": checkpoint_fingerprint(path),
             "dtype": str(dtype).replace("torch.", ""), "device_type": device.type}
 
 
