@@ -11,12 +11,14 @@ scoring pass on random tokens (any order of equal-shaped layers costs the same).
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
 
 import torch
 from scoring import SHAPES, random_loaded
 
-from companion.experiments.speed import speed_sweep, write_speed
+from companion.experiments.speed import machine, speed_key, speed_sweep, write_speed
 from companion.method.calibration import Documents, Windows
 from companion.method.scoring import ScoreSettings, score
 
@@ -51,9 +53,10 @@ def main() -> None:
               f"decode {row['decode_tps']:7.1f} tok/s x{row['measured_speedup_decode']:.3f} "
               f"(FLOPs x{row['expected_speedup_decode']:.3f})"
               + (f"  peak {peak / 2**30:.1f} GiB" if peak else ""))
-    write_speed(rows, Path(args.out), {"model": f"random:{args.shape}", "dtype": str(loaded.dtype),
-                                       "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-                                       **measure})
+    settings = {"command": shlex.join(["python", "benchmarks/gpu_speed.py", *sys.argv[1:]]),
+                "model": f"random:{args.shape}", "dtype": str(loaded.dtype), "device": machine(loaded.device),
+                **measure}
+    write_speed(rows, Path(args.out), settings, speed_key(loaded.identity(), scores, settings))
 
 
 if __name__ == "__main__":

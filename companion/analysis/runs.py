@@ -21,7 +21,12 @@ from companion.analysis.tables import speed_frame, sweep_frame
 from companion.errors import CompanionError
 from companion.experiments.evaluation import EvalSettings
 from companion.experiments.sweep import SweepSettings
-from companion.names import ENTROPY_METHODS, GRANULARITIES, PERPLEXITY_TASK, SIMILARITY_METHODS
+from companion.names import (
+    ENTROPY_METHODS,
+    GRANULARITIES,
+    PERPLEXITY_TASK,
+    SIMILARITY_METHODS,
+)
 from companion.paths import model_slug
 from companion.profiles import csv_list, int_list
 from companion.profiles import profile as profile_settings

@@ -328,7 +328,7 @@ def speed_key(identity: dict, scores: dict, settings: Mapping) -> dict:
     """Every input that can change a speed run (see :mod:`companion.store`), the machine included."""
     device = torch.device("cuda" if identity["device_type"] == "cuda" else "cpu")
     return {"kind": "speed", "model": identity, "machine": machine(device), "threads": torch.get_num_threads(),
-            "scores": scores["key_sha256"], "settings": dict(settings), "numerics": store.numerics()}
+            "scores": scores.get("key_sha256"), "settings": dict(settings), "numerics": store.numerics()}
 
 
 def write_speed(rows: list[dict], out_path: str | Path, settings: dict, key: dict) -> tuple[Path, Path]:
