@@ -55,15 +55,12 @@ def knn(x: Tensor, k: int = 25) -> Tensor:
     b, n, d = x.shape
     if not 1 <= k < n:
         raise ValueError(f"knn needs 1 <= k < tokens, got k={k} with {n} tokens")
-    buffer = x - x.mean(dim=1, keepdim=True)
-    sq_dist = _squared_distances(buffer, centered=True)
+    sq_dist = _squared_distances(x)
     sq_dist.diagonal(dim1=1, dim2=2).fill_(math.inf)  # a token is never its own neighbour
     kth = sq_dist.topk(k, dim=2, largest=False).indices[..., -1]  # (samples, n)
     rows = (kth + torch.arange(0, b * n, n, device=x.device)[:, None]).flatten()  # in the (b·n, d) flat view
-    # the k-th neighbours go into the centered points' memory (no longer needed): copying whole rows is
-    # cheaper than a gather, and reusing the buffer spares the CPU a fresh (samples, n, d) allocation
-    torch.index_select(x.reshape(b * n, d), 0, rows, out=buffer.view(b * n, d))
-    r_k = torch.linalg.vector_norm(buffer.sub_(x), dim=2)
+    neighbour = x.reshape(b * n, d).index_select(0, rows).view(b, n, d)  # whole rows: cheaper than a gather
+    r_k = torch.linalg.vector_norm(neighbour.sub_(x), dim=2)
     const = (d / 2) * math.log(math.pi) - math.lgamma(d / 2 + 1) + math.log(n) - math.log(k)
     return d * torch.log(r_k + _LOG_EPS).mean(dim=1) + const
 
