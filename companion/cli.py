@@ -26,9 +26,20 @@ typical use:
 """
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` only where the help does not state the default already and there is
+    one to state (not None, not a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
+
+
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"'{DEFAULT_MODEL}' (embedded default), a Hugging Face id, or a local folder")
+                        help=f"a Hugging Face id, a local folder, or '{DEFAULT_MODEL}' (embedded: no download)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
 
@@ -249,11 +260,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def _eval_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="default", help="smoke, default or paper: defaults for what is not set")
+    parser.add_argument("--profile", default="default", help="smoke, default or paper: the settings of what is not given")
     parser.add_argument("--tasks", help="comma-separated lm-eval task names, plus wikitext2_ppl (default: the profile's)")
     parser.add_argument("--limit", type=int, help="examples per task (default: the profile's; -1 for all)")
     parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,
-                        help="lm-eval batch size: requests per forward pass (default: %(default)s)")
+                        help="lm-eval batch size: requests per forward pass")
     parser.add_argument("--stock-lm", action="store_true",
                         help="use lm-eval's stock HFLM instead of the faster, equivalent FastHFLM")
     parser.add_argument("--data-source", choices=["auto", "hub", "local"], default="auto",
@@ -265,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m companion", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsHelpFormatter
 
     p = sub.add_parser("score", help="one pass over calibration data: entropy and similarity of every block",
                        formatter_class=fmt)
@@ -321,20 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     _order_args(p)
     p.add_argument("--drop", type=int, default=0, help="number of blocks to drop (with --scores)")
     p.add_argument("--layers", help="explicit comma-separated layers to drop instead of --scores/--drop")
-    p.add_argument("--out", help="JSON file for the results")
+    p.add_argument("--out", help="JSON file for the results (default: none written)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("sweep", help="score once, then evaluate every method x granularity x K", formatter_class=fmt)
     p.add_argument("--model", help="model spec (default: the profile's models)")
-    p.add_argument("--device", help="override the profile's device")
-    p.add_argument("--dtype", help="override the profile's dtype")
+    p.add_argument("--device", help="device (default: the profile's)")
+    p.add_argument("--dtype", help="dtype (default: the profile's)")
     p.add_argument("--calibration", help="comma-separated calibration sources (default: the profile's)")
-    p.add_argument("--samples", type=int, help="calibration windows")
-    p.add_argument("--seqlen", type=int, help="tokens per calibration window")
-    p.add_argument("--seed", type=int, help="seed of the window draw")
-    p.add_argument("--methods", help="comma-separated: knn, bucket, renyi, cosine, angular")
-    p.add_argument("--granularity", help="comma-separated: attn, mlp, layer")
-    p.add_argument("--drops", help="comma-separated numbers of dropped blocks, e.g. 0,2,4,6,8")
+    p.add_argument("--samples", type=int, help="calibration windows (default: the profile's)")
+    p.add_argument("--seqlen", type=int, help="tokens per calibration window (default: the profile's)")
+    p.add_argument("--seed", type=int, help="seed of the window draw (default: the profile's)")
+    p.add_argument("--methods", help="comma-separated: knn, bucket, renyi, cosine, angular (default: the profile's)")
+    p.add_argument("--granularity", help="comma-separated: attn, mlp, layer (default: the profile's)")
+    p.add_argument("--drops", help="comma-separated numbers of dropped blocks, e.g. 0,2,4,6,8 (default: the profile's)")
     p.add_argument("--protect", default="auto", help="protected layers (see 'order --help')")
     _eval_args(p)
     p.add_argument("--out", default="results/sweep", help="output folder (one subfolder per model)")
@@ -358,11 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="execute the figure notebooks (papermill), skipping unchanged ones",
                        formatter_class=fmt)
     p.add_argument("--profile", default="default", help="smoke, default or paper")
-    p.add_argument("--model", help="override the profile's model (Hugging Face id or local folder)")
-    p.add_argument("--device", help="override the profile's device")
-    p.add_argument("--dtype", help="override the profile's dtype")
+    p.add_argument("--model", help="Hugging Face id or local folder (default: the profile's)")
+    p.add_argument("--device", help="device (default: the profile's)")
+    p.add_argument("--dtype", help="dtype (default: the profile's)")
     p.add_argument("--data-source", choices=["auto", "hub", "local"],
-                   help="calibration and task data: the Hub when reachable (auto), the Hub, or COMPANION_DATA_DIR")
+                   help="calibration and task data: the Hub when reachable (auto), the Hub, or COMPANION_DATA_DIR "
+                        "(default: the profile's)")
     p.add_argument("--results", default="results", help="results folder (one subfolder per profile and model)")
     p.add_argument("--notebooks", default="notebooks", help="folder of the source notebooks")
     p.add_argument("--out", default="generated/notebooks", help="folder for the executed notebooks")

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -148,7 +152,10 @@ def test_method_correlation_matrix_and_rank_table():
     sub = tables.method_correlation(scores, "knn", "cosine", "attn", layers=[2, 3, 4, 5])
     assert sub["n"] == 4
     matrix = tables.correlation_matrix(scores, ["knn", "cosine"], "attn")
-    assert matrix.loc["knn", "knn"] == 1 and matrix.loc["knn", "cosine"] == pytest.approx(result["spearman"])
+    rho = 1 - 6 * 6 / (6 * 35)
+    # plain floats, symmetric, ones on the diagonal: the table survives a JSON round trip unchanged
+    assert json.loads(json.dumps(matrix.to_dict())) == {"knn": {"knn": 1.0, "cosine": pytest.approx(rho)},
+                                                        "cosine": {"knn": pytest.approx(rho), "cosine": 1.0}}
     ranks = tables.rank_table(scores, ["knn", "cosine"], "attn")
     # knn protects its compression stage (layers 0, 1); its drop order is 3, 4, 2, 5
     assert np.isnan(ranks.loc[0, "knn"]) and np.isnan(ranks.loc[1, "knn"])
@@ -207,25 +214,91 @@ def test_sweep_tables_round_trip_through_csv_and_json(tmp_path):
     assert tables.lookup(acc, "mean", method="knn", K=2) == pytest.approx(0.4)
 
 
-def test_headline_k_and_verdicts():
+def test_headline_k_and_speedup_efficiency():
     assert tables.headline_k([0, 4, 8, 12, 16], 32) == 12
     assert tables.headline_k([0, 2, 4, 6, 8], 18) == 6
     assert tables.headline_k([0, 8], 18) == 0
-    assert verdicts.compare(0.6, 0.01, 0.5, 0.01) == 1
-    assert verdicts.compare(0.5, 0.05, 0.55, 0.05) == 0
-    assert verdicts.versus(0.5, 0.01, 0.6, 0.01, "KNN", "cosine") == "cosine ahead"
-    assert verdicts.versus(float("nan"), 0, 1, 0, "a", "b") == "not measured"
-    assert verdicts.two_stage_verdict([3, 2, 1, 2, 4]).startswith("two-stage: falls over the first 2 layers")
-    assert verdicts.two_stage_verdict([1, 2, 3, 4, 5]).startswith("no compression stage")
-    assert "does not rise" in verdicts.two_stage_verdict([3, 2, 1, 0.9, 0.5])
-    assert verdicts.trend_verdict(-0.8, 0.01).startswith("yes")
-    assert verdicts.trend_verdict(0.3, 0.5).startswith("no")
-    assert verdicts.ranking({"knn": 90.0, "bucket": 95.0, "renyi": float("nan")}) == "bucket > knn"
-    assert verdicts.threshold_verdict(96, 95).startswith("reached")
-    assert verdicts.threshold_verdict(93.1, 95).startswith("not reached")
     assert tables.speedup_efficiency(1.18, 1.2) == pytest.approx(0.9)
-    assert verdicts.speed_verdict(0.9).startswith("near-linear") and verdicts.speed_verdict(-0.1).startswith("no")
-    assert verdicts.speed_verdict(1.5).startswith("beyond") and verdicts.speed_verdict(0.5).startswith("sub-linear")
+    assert math.isnan(tables.speedup_efficiency(1.5, 1.0))
+
+
+# ---------------------------------------------------------------- verdicts
+
+NAN = float("nan")
+
+
+def test_compare_by_two_combined_standard_errors():
+    # spread = 2·sqrt(0.03² + 0.04²) = 0.1
+    assert verdicts.compare(0.61, 0.03, 0.5, 0.04) == 1
+    assert verdicts.compare(0.5, 0.03, 0.61, 0.04) == -1
+    assert verdicts.compare(0.59, 0.03, 0.5, 0.04) == 0
+    assert verdicts.compare(0.59, 0.03, 0.5, 0.04, z=1.0) == 1  # spread 0.05
+    assert verdicts.compare(0.5, 0.0, 0.5, 0.0) == 0  # exact values, no difference
+    assert verdicts.compare(0.6, 0.0, 0.5, 0.0) == 1
+    assert verdicts.compare(np.float64(0.9), np.float64(0.01), np.float32(0.5), np.float32(0.01)) == 1
+
+
+@pytest.mark.parametrize("values", [(0.9, None, 0.1, 0.01), (0.9, 0.01, 0.1, NAN), (0.9, np.float32("nan"), 0.1, 0.01),
+                                    (NAN, 0.01, 0.1, 0.01), (0.9, 0.01, None, 0.01)])
+def test_compare_cannot_tell_without_a_standard_error_or_value(values):
+    # even a difference of 0.8 is no verdict when a standard error is unknown: None, never ±1 or 0
+    assert verdicts.compare(*values) is None
+
+
+def test_versus_names_the_winner():
+    assert verdicts.versus(0.5, 0.01, 0.6, 0.01, "KNN", "cosine") == "cosine ahead"
+    assert verdicts.versus(0.7, 0.01, 0.6, 0.01, "KNN", "cosine") == "KNN ahead"
+    assert verdicts.versus(0.61, 0.03, 0.6, 0.04, "KNN", "cosine") == "tie within 2 s.e."
+    assert verdicts.versus(NAN, 0, 1, 0, "a", "b") == "not measured"
+    assert verdicts.versus(0.9, None, 0.1, 0.01, "a", "b") == verdicts.CANNOT_TELL
+    assert verdicts.versus(0.9, 0.01, 0.1, NAN, "a", "b") == verdicts.CANNOT_TELL
+
+
+def test_two_stage_verdict():
+    assert verdicts.two_stage_verdict([3, 2, 1, 2, 4]) == "two-stage: falls over the first 2 layers, then rises"
+    assert verdicts.two_stage_verdict([3, 1, 2, 2, 2]) == "two-stage: falls over the first 1 layers, then rises"
+    assert verdicts.two_stage_verdict([1, 2, 3, 4, 5]) == "no compression stage: entropy does not fall at first"
+    assert verdicts.two_stage_verdict([1, 1, 1]) == "no compression stage: entropy does not fall at first and does not rise"
+    # the stage ends in the first half (boundary 2 of 0..4); the fall goes on but never rises again
+    assert verdicts.two_stage_verdict([3, 2, 1, 0.9, 0.5]) == "falls over the first 2 layers but does not rise again"
+    assert verdicts.two_stage_verdict([3, 2, 1, 2, 1]) == "falls over the first 2 layers but does not rise again"
+
+
+def test_trend_verdict():
+    assert verdicts.trend_verdict(-0.8, 0.01) == "yes: ΔH falls with depth (p < 0.05)"
+    assert verdicts.trend_verdict(-0.8, 0.05).startswith("weak")  # p must be below alpha
+    assert verdicts.trend_verdict(-0.8, 0.02, alpha=0.01) == "weak: ΔH tends to fall with depth, not significant"
+    assert verdicts.trend_verdict(-0.8, 0.005, alpha=0.01) == "yes: ΔH falls with depth (p < 0.01)"
+    assert verdicts.trend_verdict(0.0, 0.001) == "no: ΔH does not fall with depth"
+    assert verdicts.trend_verdict(0.3, 0.5) == "no: ΔH does not fall with depth"
+    assert verdicts.trend_verdict(NAN, NAN) == "not measured"
+    assert verdicts.trend_verdict(-0.9, NAN) == "not measured"
+
+
+def test_ranking():
+    assert verdicts.ranking({"knn": 90.0, "bucket": 95.0, "renyi": NAN}) == "bucket > knn"
+    assert verdicts.ranking({"a": 1.0, "b": 3.0, "c": 2.0}) == "b > c > a"
+    assert verdicts.ranking({"a": 1.0, "b": 1.0}) == "a > b"  # ties keep the given order
+    assert verdicts.ranking({"a": None, "b": NAN}) == "not measured"
+    assert verdicts.ranking({}) == "not measured"
+
+
+def test_threshold_verdict():
+    assert verdicts.threshold_verdict(96, 95) == "reached (≥ 95%)"
+    assert verdicts.threshold_verdict(95.0, 95) == "reached (≥ 95%)"
+    assert verdicts.threshold_verdict(94.99, 95) == "not reached (< 95%)"
+    assert verdicts.threshold_verdict(2.5, 2, unit="×") == "reached (≥ 2×)"
+    assert verdicts.threshold_verdict(NAN, 95) == "not measured"
+
+
+def test_speed_verdict():
+    assert verdicts.speed_verdict(1.2) == "beyond the FLOP-proportional gain"
+    assert verdicts.speed_verdict(1.19) == "near-linear: ≥ 80% of the FLOP-proportional gain"
+    assert verdicts.speed_verdict(0.8) == "near-linear: ≥ 80% of the FLOP-proportional gain"
+    assert verdicts.speed_verdict(0.5) == "sub-linear: 50% of the FLOP-proportional gain"
+    assert verdicts.speed_verdict(0.0) == "no measurable speedup"
+    assert verdicts.speed_verdict(-0.1) == "no measurable speedup"
+    assert verdicts.speed_verdict(NAN) == "not measured"
 
 
 def test_native_values_for_glue():
@@ -268,9 +341,11 @@ def test_figures_have_labels_legends_and_captions(tmp_path):
         assert fig._suptitle.get_text() == "t"
         assert any(text.get_text().startswith(("model m", "c")) for text in fig.texts)
         for ax in fig.axes:
-            if ax.get_label() == "<colorbar>":
-                continue
-            assert ax.get_xlabel() and ax.get_ylabel() is not None
+            assert ax.get_ylabel(), (fig, ax)
+            assert ax.get_label() == "<colorbar>" or ax.get_xlabel(), (fig, ax)
+    assert made[2].axes[0].get_ylabel() == "mean accuracy over tasks"
+    assert made[3].axes[0].get_ylabel().startswith("retention")
+    assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in made[4].axes] == [("ΔH", "1 − cos")] * 2
     assert made[0].axes[0].get_legend() is not None
     assert made[0]._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"  # shown in notebooks without pyplot
     paths = figures.save_figure(made[0], tmp_path / "figures" / "profile")
@@ -279,4 +354,192 @@ def test_figures_have_labels_legends_and_captions(tmp_path):
     assert "<dc:date>" not in svg
     again = figures.save_figure(made[0], tmp_path / "again")
     assert again[1].read_text() == svg  # no timestamp, fixed hash salt: reruns give identical files
-    json.dumps(tables.correlation_matrix(scores, ["knn", "cosine"], "layer").to_dict())
+
+
+# ---------------------------------------------------------------- findings (the glued numbers)
+
+def hand_scores(values: dict[tuple[str, str], list[float]], profiles: dict[str, list[float]] | None = None) -> dict:
+    """A scores file with exactly these per-layer values per (method, granularity) and these profiles."""
+    num_layers = len(next(iter(values.values())))
+    blocks = [{"layer": layer, "granularity": g, "method": m, "value": v}
+              for (m, g), column in values.items() for layer, v in enumerate(column)]
+    return {"num_layers": num_layers, "blocks": blocks, "profiles": profiles or {}}
+
+
+def test_run_numbers_reads_only_what_a_run_describes():
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(model="m", profile="smoke", calibration="c4", calibrations=["c4", "wikitext2"], samples=8,
+                          seqlen=128, seed=1, tasks=["piqa", "wikitext2_ppl", "arc_easy"], limit=None,
+                          drops=[0, 2, 4], max_drop=4)
+    assert findings.run_numbers(run) == {
+        "model": "m", "profile": "smoke", "calibration": "c4", "calibrations": "c4, wikitext2", "samples": 8,
+        "seqlen": 128, "seed": 1, "tasks": "piqa, arc_easy", "limit": "all", "drops": "0, 2, 4", "k_max": 4}
+    run.limit = 60
+    assert findings.run_numbers(run)["limit"] == "60"
+
+
+def test_profile_numbers_of_a_known_profile():
+    # boundary entropies: falls to boundary 2 (stage of 2 layers), then ΔH = 3, 2, −0.5, −0.5
+    profile = [4.0, 2.0, 0.0, 3.0, 5.0, 4.5, 4.0]
+    scores = hand_scores({("knn", "layer"): list(np.diff(profile))}, {"knn": profile})
+    numbers = findings.profile_numbers(scores, ["knn"])
+    assert numbers["num_layers"] == 6 and numbers["knn_stage_layers"] == 2
+    assert numbers["knn_two_stage"] == "two-stage: falls over the first 2 layers, then rises"
+    assert numbers["knn_rise"] == pytest.approx((4 - 0) / (5 - 0))
+    assert numbers["knn_expansion_positive_pct"] == pytest.approx(50)
+    # Spearman of layers 2..5 against ranks 4, 3, 1.5, 1.5: ρ = −4.5 / sqrt(5 · 4.5) = −3/√10; with n = 4 the
+    # t-test's p-value has the closed form 1 − |ρ| (Student t with 2 degrees of freedom)
+    rho = -3 / math.sqrt(10)
+    assert numbers["knn_depth_rho"] == pytest.approx(rho)
+    assert numbers["knn_depth_p"] == pytest.approx(1 - abs(rho))
+    assert numbers["knn_depth_verdict"].startswith("weak")  # p = 0.051: not below 0.05
+    for key in ("stage_layers", "rise", "expansion_positive_pct", "depth_rho", "depth_p"):
+        assert math.isnan(numbers[f"bucket_{key}"]) and math.isnan(numbers[f"renyi_{key}"])
+    assert numbers["bucket_two_stage"] == numbers["renyi_depth_verdict"] == "not measured"
+    flat = findings.profile_numbers(hand_scores({("knn", "layer"): [0.0] * 4}, {"knn": [1.0] * 5}), ["knn"])
+    assert math.isnan(flat["knn_rise"]) and flat["knn_depth_verdict"] == "not measured"
+
+
+def test_accuracy_numbers_of_the_hand_made_sweep():
+    frame = tables.sweep_frame(sweep_rows())
+    numbers = findings.accuracy_numbers(tables.mean_accuracy(frame), tables.perplexity_table(frame), num_layers=6)
+    assert numbers["dense_accuracy"] == pytest.approx(0.5)
+    assert numbers["dense_accuracy_stderr"] == pytest.approx(math.sqrt(0.03 ** 2 + 0.04 ** 2) / 2)
+    assert numbers["dense_perplexity"] == 20 and numbers["k_max"] == 2 and numbers["n_tasks"] == 2
+    assert numbers["k_max_pct"] == pytest.approx(100 / 3) and numbers["headline_k"] == 2  # 2 ≤ 0.375 · 6
+    assert numbers["knn_attn_accuracy_max"] == pytest.approx(0.4) and numbers["cosine_attn_accuracy_max"] == pytest.approx(0.3)
+    assert numbers["knn_attn_retention_max"] == pytest.approx(80) and numbers["knn_attn_retention_mean"] == pytest.approx(80)
+    assert numbers["cosine_attn_retention_max"] == pytest.approx(60)
+    assert numbers["knn_attn_ppl_max"] == 30 and numbers["cosine_attn_ppl_max"] == 50
+    assert numbers["knn_attn_retention_headline"] == pytest.approx(80)
+    assert numbers["knn_headline_verdict"] == "not reached (< 95%)"
+    # retention 80 ± 5 against 60 ± 5: 20 > 2·√50 ≈ 14.1
+    assert numbers["attn_knn_vs_cosine"] == "KNN ahead"
+    assert numbers["attn_bucket_vs_cosine"] == numbers["layer_knn_vs_cosine"] == "not measured"
+    assert math.isnan(numbers["bucket_attn_retention_max"]) and numbers["bucket_headline_verdict"] == "not measured"
+    assert math.isnan(numbers["knn_layer_retention_mean"])
+
+    rows = sweep_rows()
+    for row in rows:
+        if row["method"] == "knn" and row["K"] == 2 and row["task"] == "piqa":
+            row["stderr"] = None
+    frame = tables.sweep_frame(rows)
+    numbers = findings.accuracy_numbers(tables.mean_accuracy(frame), tables.perplexity_table(frame), num_layers=6)
+    assert numbers["attn_knn_vs_cosine"] == verdicts.CANNOT_TELL
+
+
+def test_criteria_numbers_of_known_orders():
+    scores = fake_scores()
+    numbers = findings.criteria_numbers(scores, ["attn"], k_max=2)
+    assert numbers["spearman_attn"] == pytest.approx(1 - 6 * 6 / (6 * 35))
+    assert numbers["kendall_attn"] == pytest.approx((13 - 2) / 15)  # 13 concordant, 2 discordant pairs
+    # knn protects layers 0, 1 and drops 3, 4, 2, 5; on those layers both rank 3, 1, 2, 4
+    assert numbers["spearman_prunable_attn"] == pytest.approx(1)
+    assert numbers["jaccard_attn_kmax"] == 1
+    # cosine drops 3, 4, 1, 2: Jaccard 1, 1, 2/4, 3/5 at K = 1..4
+    assert numbers["jaccard_attn_mean"] == pytest.approx((1 + 1 + 0.5 + 0.6) / 4)
+    assert math.isnan(findings.criteria_numbers(scores, ["attn"], k_max=9)["jaccard_attn_kmax"])
+
+
+def estimator_scores() -> dict:
+    return hand_scores({("knn", "attn"): [1, 2, 3, 4, 5, 6], ("bucket", "attn"): [1, 2, 3, 4, 6, 5],
+                        ("renyi", "attn"): [6, 5, 4, 3, 2, 1]})
+
+
+def retention_table(rows: dict[str, tuple[float, float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"method": m, "granularity": "attn", "K": k, "retention": r}
+                         for m, values in rows.items() for k, r in zip((0, 2, 4), (100.0, *values))])
+
+
+def test_estimator_numbers_rank_and_compare_estimators():
+    acc = retention_table({"knn": (90, 80), "bucket": (95, 85), "renyi": (70, 60)})
+    numbers = findings.estimator_numbers(estimator_scores(), acc, ["knn", "bucket", "renyi"], ["attn"], 2, "none")
+    assert numbers["estimator_ranking_attn"] == "bucket > KNN > Rényi"
+    assert numbers["best_estimator_attn"] == "bucket" and numbers["renyi_last_attn"] == "yes"
+    assert numbers["knn_attn_retention_mean"] == 85 and numbers["renyi_attn_retention_mean"] == 65
+    assert numbers["spearman_knn_bucket_attn"] == pytest.approx(1 - 6 * 2 / 210)
+    assert numbers["spearman_knn_renyi_attn"] == pytest.approx(-1)
+    assert numbers["spearman_bucket_renyi_attn"] == pytest.approx(1 - 6 * 68 / 210)
+    assert numbers["jaccard_knn_bucket_attn_kmax"] == 1 and numbers["jaccard_knn_renyi_attn_kmax"] == 0
+
+    acc = retention_table({"knn": (90, 80), "bucket": (95, 85), "renyi": (99, 99)})
+    numbers = findings.estimator_numbers(estimator_scores(), acc, ["knn", "bucket", "renyi"], ["attn"], 2, "none")
+    assert numbers["best_estimator_attn"] == "Rényi" and numbers["renyi_last_attn"] == "no"
+    numbers = findings.estimator_numbers(estimator_scores(), acc, ["knn", "bucket"], ["attn"], 2, "none")
+    assert numbers["renyi_last_attn"] == "not measured" and math.isnan(numbers["spearman_knn_renyi_attn"])
+    assert math.isnan(numbers["renyi_attn_retention_mean"])
+
+
+def calibration_acc(stderr_k4: float = 0.01, mean_k4: float = 0.30) -> pd.DataFrame:
+    rows = []
+    for calibration, k, mean, stderr, dropped in (
+            ("wikitext2", 2, 0.50, 0.01, "1 2"), ("wikitext2", 4, 0.40, 0.01, "1 2 3 4"),
+            ("c4", 2, 0.52, 0.01, "1 2"), ("c4", 4, mean_k4, stderr_k4, "1 3 4 5")):
+        rows.append({"calibration": calibration, "method": "knn", "granularity": "attn", "K": k, "mean": mean,
+                     "stderr": stderr, "dropped": dropped})
+    return pd.DataFrame(rows)
+
+
+def test_accuracy_differences_and_calibration_numbers():
+    diffs = findings.accuracy_differences(calibration_acc(), "wikitext2", "c4")
+    assert diffs["difference"].tolist() == pytest.approx([0.02, -0.10])
+    assert diffs["stderr"].tolist() == pytest.approx([0.01 * math.sqrt(2)] * 2)
+    assert diffs["same_blocks"].tolist() == [True, False]
+
+    scores = {"wikitext2": estimator_scores(), "c4": hand_scores({("knn", "attn"): [2, 1, 3, 4, 5, 6]})}
+    numbers = findings.calibration_numbers(scores, calibration_acc(), ["knn"], ["attn"], 2, "none")
+    assert numbers["calib_a"] == "wikitext2" and numbers["calib_b"] == "c4"
+    assert numbers["calib_spearman_knn_attn"] == pytest.approx(1 - 6 * 2 / 210)
+    assert numbers["calib_jaccard_knn_attn_kmax"] == 1  # {0, 1} both times
+    assert math.isnan(numbers["calib_spearman_cosine_attn"]) and math.isnan(numbers["calib_jaccard_knn_layer_kmax"])
+    assert numbers["calib_max_acc_diff"] == pytest.approx(10) and numbers["calib_max_acc_diff_se"] == pytest.approx(
+        100 * 0.01 * math.sqrt(2))
+    assert (numbers["calib_beyond_2se"], numbers["calib_unknown_se"], numbers["calib_settings"],
+            numbers["calib_same_blocks"]) == (1, 0, 2, 1)
+    assert numbers["calib_verdict"] == "changes beyond 2 s.e. in 1 of 2 settings"
+
+    within = findings.calibration_numbers(scores, calibration_acc(mean_k4=0.41), ["knn"], ["attn"], 2, "none")
+    assert within["calib_beyond_2se"] == 0 and within["calib_verdict"] == "barely changes: every difference within 2 s.e."
+    unknown = findings.calibration_numbers(scores, calibration_acc(stderr_k4=NAN), ["knn"], ["attn"], 2, "none")
+    assert unknown["calib_unknown_se"] == 1 and unknown["calib_beyond_2se"] == 0
+    assert unknown["calib_verdict"] == "cannot tell: 1 of 2 settings have no standard error"
+    unknown_k6 = calibration_acc().query("K == 4").assign(K=6, stderr=NAN)
+    mixed = findings.calibration_numbers(scores, pd.concat([calibration_acc(), unknown_k6]), ["knn"], ["attn"], 2,
+                                         "none")
+    assert (mixed["calib_beyond_2se"], mixed["calib_unknown_se"], mixed["calib_settings"]) == (1, 1, 3)
+    assert mixed["calib_verdict"] == "changes beyond 2 s.e. in 1 of 3 settings (1 without a standard error)"
+    empty = findings.calibration_numbers(scores, calibration_acc().assign(K=0), ["knn"], ["attn"], 2, "none")
+    assert empty["calib_settings"] == 0 and empty["calib_verdict"] == "not measured"
+
+
+def test_speed_numbers_of_known_speedups():
+    def row(g, k, prefill, decode, params, kv=1.0):
+        return {"granularity": g, "K": k, "device": "cpu", "params": params, "kv_cache_ratio": kv,
+                "measured_speedup_prefill": prefill[0], "expected_speedup_prefill": prefill[1],
+                "measured_speedup_decode": decode[0], "expected_speedup_decode": decode[1]}
+
+    speed = pd.DataFrame([row("attn", 0, (1, 1), (1, 1), 100), row("attn", 2, (1.18, 1.2), (1.0, 1.2), 80, 0.5),
+                          row("layer", 0, (1, 1), (1, 1), 100), row("layer", 2, (1.5, 1.4), (1.1, 1.5), 60, 0.6)])
+    numbers = findings.speed_numbers(speed)
+    assert numbers["speed_k_max"] == 2 and numbers["speed_device"] == "cpu"
+    assert numbers["attn_prefill_efficiency"] == pytest.approx(0.9)
+    assert numbers["attn_prefill_verdict"].startswith("near-linear")
+    assert numbers["attn_decode_efficiency"] == 0 and numbers["attn_decode_verdict"] == "no measurable speedup"
+    assert numbers["layer_prefill_efficiency"] == pytest.approx(1.25) and numbers["layer_prefill_verdict"].startswith("beyond")
+    assert numbers["layer_decode_efficiency"] == pytest.approx(0.2) and numbers["layer_decode_verdict"].startswith("sub-linear")
+    assert numbers["attn_kv_cache_ratio"] == 0.5 and numbers["attn_params_ratio"] == pytest.approx(0.8)
+    assert numbers["layer_params_ratio"] == pytest.approx(0.6) and numbers["layer_prefill_speedup"] == 1.5
+    attn_only = findings.speed_numbers(speed[speed["granularity"] == "attn"])
+    assert math.isnan(attn_only["layer_prefill_speedup"]) and attn_only["layer_decode_verdict"] == "not measured"
+    assert math.isnan(attn_only["layer_params_ratio"])
+
+
+def test_statistics_and_figures_import_neither_torch_nor_transformers():
+    code = ("import sys\n"
+            "import companion.analysis.tables, companion.analysis.verdicts, companion.analysis.figures\n"
+            "import companion.analysis.findings\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr

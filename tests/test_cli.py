@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import transformers
 from conftest import make_tiny_tokenizer
 
-from companion.cli import main
+from companion.cli import build_parser, main
 
 
 @pytest.fixture
@@ -92,3 +93,19 @@ def test_help_texts(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "usage: python -m companion" in capsys.readouterr().out
+
+
+def test_every_option_states_its_default_once(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert {"score", "sweep", "eval", "reproduce"} <= set(commands)
+    for command in commands:
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        assert "(default: None)" not in text and "(default: False)" not in text, command
+        options = re.split(r"\n  (?=-)", text.split("options:", 1)[1])  # one chunk per option
+        for option in options:
+            rest = re.sub(r"\(default: [^)]*\)", "", " ".join(option.split()), count=1)
+            rest = rest.replace("smoke, default or paper", "")  # the profile names
+            assert "default" not in rest, f"{command}: {option}"

@@ -62,6 +62,29 @@ def test_knn_shifts_by_d_log_scale_and_ignores_translation(scale):
     torch.testing.assert_close(knn(scale * x + 40.0, k=5), base + 8 * math.log(scale), rtol=0, atol=2e-4)
 
 
+def knn_float64_reference(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The KNN formula on exact float64 distances from differences (no Gram matrix), sorted."""
+    x = x.double()
+    _, n, d = x.shape
+    dist = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    dist.diagonal(dim1=1, dim2=2).fill_(math.inf)
+    r_k = dist.sort(dim=2).values[..., k - 1]
+    const = d / 2 * math.log(math.pi) - math.lgamma(d / 2 + 1) + math.log(n) - math.log(k)
+    return d * torch.log(r_k + 1e-10).mean(dim=1) + const
+
+
+@pytest.mark.parametrize("k", [1, 3, 8, 9])
+def test_knn_identical_tokens_at_large_norm_have_distance_zero(k):
+    # hidden-state-like norms (~1e3); tokens 8..15 are eight copies of one token, 20..23 copies of token 30,
+    # so a copy's k-th neighbour is another copy (r_k = 0) for k < 8 and a distinct token for k = 8, 9
+    x = randn(2, 64, 32, seed=3) * 200
+    x[:, 8:16] = x[:, 8:9]
+    x[:, 20:24] = x[:, 30:31]
+    assert x.norm(dim=2).mean() > 1000
+    expected = knn_float64_reference(x, k)
+    torch.testing.assert_close(knn(x, k=k).double(), expected, rtol=0, atol=1e-3)
+
+
 def test_knn_duplicate_points_stay_finite():
     x = torch.zeros(1, 10, 2)
     assert torch.isfinite(knn(x, k=3)).all()

@@ -22,6 +22,7 @@ from companion.model.checkpoints import save_pruned
 from companion.model.loading import load_model
 from companion.model.surgery import (
     Pruning,
+    SkippedAttention,
     apply_pruning,
     count_parameters,
     temporarily_pruned,
@@ -169,3 +170,62 @@ def test_temporary_pruning_restores_the_dense_model(granularity):
     assert torch.equal(cached, uncached)
     assert not hasattr(model, "companion_pruning")
     assert model.config.num_hidden_layers == 4
+
+
+@pytest.mark.parametrize("granularity", ["attn", "layer"])
+def test_temporary_pruning_of_a_pruned_checkpoint_restores_its_pruning(tmp_path, granularity):
+    model = make_tiny_model("llama")
+    apply_pruning(model, Pruning(granularity, [1]))
+    save_pruned(model, make_tiny_tokenizer(), tmp_path / "pruned")
+    loaded = load_model(str(tmp_path / "pruned"), device="cpu", dtype="float32").model
+    carried = loaded.companion_pruning
+    assert carried == Pruning(granularity, [1])
+    modules = {name: module for name, module in loaded.named_modules()}
+    ids = torch.randint(3, 96, (2, 9))
+    # on the loaded model, layer 2 is original layer 2 (attn) or original layer 3 (layer)
+    expected_union = [1, 2] if granularity == "attn" else [1, 3]
+    with torch.no_grad():
+        before = loaded(ids).logits
+        reference = copy.deepcopy(loaded)
+        apply_pruning(reference, Pruning(granularity, [2]))
+        with temporarily_pruned(loaded, Pruning(granularity, [2])):
+            assert loaded.companion_pruning == Pruning(granularity, expected_union)
+            torch.testing.assert_close(loaded(ids).logits, reference(ids).logits, rtol=0, atol=0)
+        after = loaded(ids).logits
+    assert loaded.companion_pruning is carried and carried == Pruning(granularity, [1])
+    assert dict(loaded.named_modules()).keys() == modules.keys()
+    assert all(module is modules[name] for name, module in loaded.named_modules())
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_pruning_on_top_of_a_pruning_composes_in_original_indices():
+    model = make_tiny_model("llama")
+    apply_pruning(model, Pruning("attn", [0, 2]))
+    report = apply_pruning(model, Pruning("attn", [2, 3]))  # dropping attention 2 again is a no-op
+    assert model.companion_pruning == Pruning("attn", [0, 2, 3])
+    assert report["params_after"] == count_parameters(model) < report["params_before"]
+    assert [isinstance(layer.self_attn, SkippedAttention) for layer in adapters.decoder_layers(model)] == [
+        True, False, True, True]
+    apply_pruning(model, Pruning("mlp", []))  # nothing dropped: the pruning carried stays
+    assert model.companion_pruning == Pruning("attn", [0, 2, 3])
+
+    layered = make_tiny_model("llama")
+    apply_pruning(layered, Pruning("layer", [1]))  # remaining: original 0, 2, 3
+    apply_pruning(layered, Pruning("layer", [1]))  # position 1 is original layer 2
+    assert layered.companion_pruning == Pruning("layer", [1, 2]) and layered.config.num_hidden_layers == 2
+    with pytest.raises(CompanionError, match="cannot drop all 2 layers"):
+        apply_pruning(layered, Pruning("layer", [0, 1]))
+
+
+@pytest.mark.parametrize("first, second", [("attn", "layer"), ("layer", "mlp"), ("mlp", "attn")])
+def test_pruning_on_top_of_another_granularity_is_a_one_line_error(first, second):
+    model = make_tiny_model("llama")
+    apply_pruning(model, Pruning(first, [1]))
+    parameters = count_parameters(model)
+    with pytest.raises(CompanionError, match=f"cannot drop {second} blocks of a model already pruned at "
+                                             f"granularity '{first}'") as error:
+        apply_pruning(model, Pruning(second, [0]))
+    assert "\n" not in str(error.value)
+    with pytest.raises(CompanionError), temporarily_pruned(model, Pruning(second, [0])):
+        pass
+    assert model.companion_pruning == Pruning(first, [1]) and count_parameters(model) == parameters

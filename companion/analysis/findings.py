@@ -4,12 +4,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from companion.analysis.runs import Run
 from companion.analysis.tables import (
     dense_accuracy,
     drop_set_overlap,
@@ -22,6 +21,7 @@ from companion.analysis.tables import (
     speedup_efficiency,
 )
 from companion.analysis.verdicts import (
+    compare,
     ranking,
     speed_verdict,
     threshold_verdict,
@@ -39,7 +39,24 @@ STANDARD_GRANULARITIES = ("attn", "layer")
 NAMES = {"knn": "KNN", "bucket": "bucket", "renyi": "Rényi", "cosine": "cosine", "angular": "angular"}
 
 
-def run_numbers(run: Run) -> dict[str, Any]:
+class RunDescription(Protocol):
+    """What :func:`run_numbers` reads of a run (a :class:`companion.analysis.runs.Run` has it all); a
+    protocol rather than ``Run`` itself, so that the findings import no model code (torch)."""
+
+    model: str
+    profile: str
+    calibration: str
+    calibrations: list[str]
+    samples: int
+    seqlen: int
+    seed: int
+    tasks: list[str]
+    limit: int | None
+    drops: list[int]
+    max_drop: int
+
+
+def run_numbers(run: RunDescription) -> dict[str, Any]:
     """What a run was: model, profile, calibration, sizes, tasks and limits (strings and integers)."""
     return {"model": run.model, "profile": run.profile, "calibration": run.calibration,
             "calibrations": ", ".join(run.calibrations), "samples": run.samples, "seqlen": run.seqlen,
@@ -170,7 +187,7 @@ def accuracy_differences(acc: pd.DataFrame, first: str, second: str) -> pd.DataF
     keys = ["method", "granularity", "K"]
     a = acc[(acc["calibration"] == first) & (acc["K"] > 0)].set_index(keys)
     b = acc[(acc["calibration"] == second) & (acc["K"] > 0)].set_index(keys)
-    both = a.join(b, lsuffix="_a", rsuffix="_b", how="inner")
+    both = a.merge(b, left_index=True, right_index=True, suffixes=("_a", "_b"))
     out = pd.DataFrame({"difference": both["mean_b"] - both["mean_a"],
                         "stderr": np.sqrt(both["stderr_a"] ** 2 + both["stderr_b"] ** 2),
                         "same_blocks": both["dropped_a"] == both["dropped_b"]})
@@ -184,8 +201,9 @@ def calibration_numbers(scores: Mapping[str, dict], acc: pd.DataFrame, methods: 
     ``calib_spearman_{m}_{g}`` (per-layer scores of a vs b) and ``calib_jaccard_{m}_{g}_kmax``;
     ``calib_max_acc_diff`` (largest absolute change of mean accuracy over method × granularity × K > 0, in accuracy
     points, i.e. × 100), ``calib_max_acc_diff_se``, ``calib_beyond_2se`` (how many of ``calib_settings``
-    differ by more than 2 s.e.), ``calib_same_blocks`` (settings with identical drop sets) and
-    ``calib_verdict``."""
+    differ by more than 2 s.e.), ``calib_unknown_se`` (how many have no standard error),
+    ``calib_same_blocks`` (settings with identical drop sets) and ``calib_verdict`` ("cannot tell" when no
+    difference is beyond 2 s.e. but a standard error is missing)."""
     first, second = list(scores)[:2]
     numbers: dict[str, Any] = {"calib_a": first, "calib_b": second}
     for m in STANDARD_METHODS:
@@ -202,15 +220,23 @@ def calibration_numbers(scores: Mapping[str, dict], acc: pd.DataFrame, methods: 
     diffs = accuracy_differences(acc, first, second)
     if diffs.empty:
         numbers.update(calib_max_acc_diff=float("nan"), calib_max_acc_diff_se=float("nan"), calib_beyond_2se=0,
-                       calib_settings=0, calib_same_blocks=0, calib_verdict="not measured")
+                       calib_unknown_se=0, calib_settings=0, calib_same_blocks=0, calib_verdict="not measured")
         return numbers
     worst = diffs.loc[diffs["difference"].abs().idxmax()]
-    beyond = int((diffs["difference"].abs() > 2 * diffs["stderr"].fillna(0)).sum())
+    outcomes = [compare(d, se, 0.0, 0.0) for d, se in zip(diffs["difference"], diffs["stderr"])]
+    beyond = sum(v in (1, -1) for v in outcomes)
+    unknown = outcomes.count(None)
+    if beyond:
+        verdict = f"changes beyond 2 s.e. in {beyond} of {len(diffs)} settings" + (
+            f" ({unknown} without a standard error)" if unknown else "")
+    elif unknown:
+        verdict = f"cannot tell: {unknown} of {len(diffs)} settings have no standard error"
+    else:
+        verdict = "barely changes: every difference within 2 s.e."
     numbers.update(calib_max_acc_diff=100 * abs(float(worst["difference"])),
                    calib_max_acc_diff_se=100 * float(worst["stderr"]), calib_beyond_2se=beyond,
-                   calib_settings=len(diffs), calib_same_blocks=int(diffs["same_blocks"].sum()),
-                   calib_verdict=("barely changes: every difference within 2 s.e." if beyond == 0 else
-                                  f"changes beyond 2 s.e. in {beyond} of {len(diffs)} settings"))
+                   calib_unknown_se=unknown, calib_settings=len(diffs),
+                   calib_same_blocks=int(diffs["same_blocks"].sum()), calib_verdict=verdict)
     return numbers
 
 

@@ -89,11 +89,6 @@ def stage_end(scores: dict, estimator: str) -> int:
 
 # ---------------------------------------------------------------- block scores
 
-def block_table(scores: dict) -> pd.DataFrame:
-    """The scores file's block records as a table (layer, granularity, method, kind, h_in, h_out, value, value_std)."""
-    return pd.DataFrame(scores["blocks"])
-
-
 def layer_scores(scores: dict, method: str, granularity: str) -> np.ndarray:
     """``method``'s score of every layer at ``granularity`` (ΔH for entropy, 1 − cos or angular for similarity)."""
     values = np.full(scores["num_layers"], np.nan)

@@ -4,17 +4,21 @@ claim without hard-coding numbers."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from companion.method.orders import compression_stage
 
+CANNOT_TELL = "cannot tell: no standard error"
 
-def compare(a: float, a_se: float, b: float, b_se: float, z: float = 2.0) -> int:
-    """+1 if a > b by more than z combined standard errors, −1 if below, 0 otherwise (or unknown se)."""
-    if any(map(_missing, (a, b))):
-        return 0
-    spread = z * math.sqrt((0 if _missing(a_se) else a_se) ** 2 + (0 if _missing(b_se) else b_se) ** 2)
+
+def compare(a: float, a_se: float, b: float, b_se: float, z: float = 2.0) -> int | None:
+    """+1 if a > b by more than z combined standard errors, −1 if below, 0 within; None (cannot tell)
+    if a value or a standard error is missing (None or NaN), so an unknown s.e. never passes for zero."""
+    if any(map(_missing, (a, a_se, b, b_se))):
+        return None
+    spread = z * math.sqrt(a_se ** 2 + b_se ** 2)
     if a - b > spread:
         return 1
     if b - a > spread:
@@ -23,14 +27,17 @@ def compare(a: float, a_se: float, b: float, b_se: float, z: float = 2.0) -> int
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or (isinstance(value, numbers.Real) and math.isnan(value))
 
 
 def versus(a: float, a_se: float, b: float, b_se: float, a_name: str, b_name: str) -> str:
-    """``"KNN ahead"``, ``"cosine ahead"`` or ``"tie within 2 s.e."`` (see :func:`compare`)."""
+    """``"KNN ahead"``, ``"cosine ahead"`` or ``"tie within 2 s.e."`` (see :func:`compare`); ``"not
+    measured"`` if a value is missing and ``CANNOT_TELL`` if only a standard error is."""
     if any(map(_missing, (a, b))):
         return "not measured"
     result = compare(a, a_se, b, b_se)
+    if result is None:
+        return CANNOT_TELL
     return {1: f"{a_name} ahead", -1: f"{b_name} ahead", 0: "tie within 2 s.e."}[result]
 
 
@@ -46,11 +53,11 @@ def two_stage_verdict(profile: Sequence[float]) -> str:
 
 
 def trend_verdict(rho: float, p: float, alpha: float = 0.05) -> str:
-    """A negative depth trend described by its Spearman ρ and p-value."""
-    if _missing(rho):
+    """A negative depth trend described by its Spearman ρ and p-value (significant if p < alpha)."""
+    if _missing(rho) or _missing(p):
         return "not measured"
     if rho < 0 and p < alpha:
-        return "yes: ΔH falls with depth (p < 0.05)"
+        return f"yes: ΔH falls with depth (p < {alpha:g})"
     if rho < 0:
         return "weak: ΔH tends to fall with depth, not significant"
     return "no: ΔH does not fall with depth"

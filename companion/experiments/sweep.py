@@ -138,8 +138,9 @@ def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSet
             results[key], params[key] = evaluate(loaded, eval_settings, cache=cache), dense_params
             continue
         pruning = Pruning(granularity, list(layers))
-        with temporarily_pruned(loaded.model, pruning) as report:
-            results[key], params[key] = evaluate(loaded, eval_settings, pruning, cache), report["params_after"]
+        with temporarily_pruned(loaded.model, pruning) as report:  # on a pruned checkpoint: the union
+            results[key] = evaluate(loaded, eval_settings, loaded.model.companion_pruning, cache)
+            params[key] = report["params_after"]
     protected = {(o.method, o.granularity): " ".join(map(str, o.protected)) for o in orders}
     rows = []
     for (method, granularity, k), pruning in prunings.items():

@@ -44,14 +44,23 @@ def knn(x: Tensor, k: int = 25) -> Tensor:
     H = d·mean_i log r_k(i) + (d/2) log π − log Γ(d/2 + 1) + log n − log k. Translation invariant;
     scaling x by a shifts H by exactly d·log a, so values are only comparable between hidden states of
     similar scale.
+
+    The fast Gram-matrix distances only rank the neighbours: their rounding error, about 1e-7 of the
+    squared norms, would leave identical tokens (repeated tokens at the embedding boundary) a distance
+    far above 0 and thus a log r_k hundreds of nats off. r_k is therefore recomputed from the difference
+    to the k-th ranked token, which is exactly 0 for an identical one. (Distinct tokens closer than
+    that rounding error may still be ranked in the wrong order among themselves.)
     """
     x = _points(x)
-    _, n, d = x.shape
+    b, n, d = x.shape
     if not 1 <= k < n:
         raise ValueError(f"knn needs 1 <= k < tokens, got k={k} with {n} tokens")
     sq_dist = _squared_distances(x)
     sq_dist.diagonal(dim1=1, dim2=2).fill_(math.inf)  # a token is never its own neighbour
-    r_k = sq_dist.topk(k, dim=2, largest=False).values[..., -1].sqrt()
+    kth = sq_dist.topk(k, dim=2, largest=False).indices[..., -1]  # (samples, n)
+    rows = (kth + torch.arange(0, b * n, n, device=x.device)[:, None]).flatten()  # in the (b·n, d) flat view
+    neighbour = x.reshape(b * n, d).index_select(0, rows).view(b, n, d)  # whole rows: cheaper than a gather
+    r_k = torch.linalg.vector_norm(neighbour.sub_(x), dim=2)
     const = (d / 2) * math.log(math.pi) - math.lgamma(d / 2 + 1) + math.log(n) - math.log(k)
     return d * torch.log(r_k + _LOG_EPS).mean(dim=1) + const
 

@@ -117,36 +117,64 @@ def _skip_sublayers(model: nn.Module, granularity: str, dropped: list[int]) -> N
             setattr(layer, norm, nn.Identity())
 
 
+def _composed(previous: Pruning | None, pruning: Pruning, num_layers: int) -> Pruning:
+    """The pruning a ``num_layers``-layer model carries after ``pruning`` is applied on top of the
+    ``previous`` one, in indices of the original model."""
+    if previous is None or not previous.layers:
+        return pruning
+    if not pruning.layers:
+        return previous
+    if pruning.granularity != previous.granularity:
+        raise CompanionError(f"cannot drop {pruning.granularity} blocks of a model already pruned at granularity "
+                             f"'{previous.granularity}'; prune the dense model instead")
+    if pruning.granularity == "layer":  # positions in the pruned model -> indices in the original one
+        present = [i for i in range(num_layers + len(previous.layers)) if i not in set(previous.layers)]
+        return Pruning("layer", [*previous.layers, *(present[i] for i in pruning.layers)])
+    return Pruning(pruning.granularity, [*previous.layers, *pruning.layers])
+
+
 def apply_pruning(model: nn.Module, pruning: Pruning) -> dict:
-    """Drop ``pruning.layers`` at ``pruning.granularity`` in place; returns parameter counts."""
+    """Drop ``pruning.layers`` at ``pruning.granularity`` in place; returns parameter counts.
+
+    Layer indices refer to the model as it is now. On a model that already carries a pruning (say, one
+    loaded from a pruned checkpoint) a pruning of the same granularity composes: ``model.companion_pruning``
+    becomes the union, in indices of the original model (dropping an attention or MLP sub-layer again is
+    a no-op). A pruning of another granularity raises a :class:`CompanionError`, since one pruning
+    records one granularity.
+    """
     num_layers = len(adapters.decoder_layers(model))
     bad = [i for i in pruning.layers if not 0 <= i < num_layers]
     if bad:
         raise CompanionError(f"cannot drop layer {bad[0]}: the model has {num_layers} layers")
     if pruning.granularity == "layer" and len(pruning.layers) >= num_layers:
         raise CompanionError(f"cannot drop all {num_layers} layers")
+    carried = _composed(getattr(model, "companion_pruning", None), pruning, num_layers)
     before = count_parameters(model)
     if pruning.granularity == "layer":
         _remove_layers(model, pruning.layers)
     else:
         _skip_sublayers(model, pruning.granularity, pruning.layers)
-    model.companion_pruning = pruning
+    model.companion_pruning = carried
     return {"params_before": before, "params_after": count_parameters(model)}
 
 
 @contextmanager
 def temporarily_pruned(model: nn.Module, pruning: Pruning) -> Iterator[dict]:
-    """Apply ``pruning`` inside a ``with`` block and restore the dense model afterwards.
+    """Apply ``pruning`` inside a ``with`` block and restore the model as it was afterwards.
 
     Sweeps evaluate many prunings of one loaded model this way, without copies or reloads, so the
-    same code serves a 270M model on a laptop and an 8B model on one GPU.
+    same code serves a 270M model on a laptop and an 8B model on one GPU. A model that already carries
+    a pruning gets the composition (see :func:`apply_pruning`) inside the block, and its own pruning,
+    modules and config back after it.
     """
     stack = adapters.decoder(model)
     config = adapters.text_config(model)
-    layers = list(stack.layers)
+    saved_stack = stack.layers
+    layers = list(saved_stack)
     saved_children = [dict(layer.named_children()) for layer in layers]
     saved_config = (config.num_hidden_layers, getattr(config, "layer_types", None))
     saved_indices = {m: m.layer_idx for layer in layers for m in layer.modules() if hasattr(m, "layer_idx")}
+    saved_pruning = getattr(model, "companion_pruning", None)
     try:
         yield apply_pruning(model, pruning)
     finally:
@@ -155,8 +183,11 @@ def temporarily_pruned(model: nn.Module, pruning: Pruning) -> Iterator[dict]:
                 setattr(layer, name, child)
         for module, index in saved_indices.items():
             module.layer_idx = index
-        stack.layers = nn.ModuleList(layers)
+        stack.layers = saved_stack  # _remove_layers replaces the list, never changes it
         config.num_hidden_layers = saved_config[0]
         if saved_config[1] is not None:
             config.layer_types = saved_config[1]
-        model.__dict__.pop("companion_pruning", None)
+        if saved_pruning is None:
+            model.__dict__.pop("companion_pruning", None)
+        else:
+            model.companion_pruning = saved_pruning
