@@ -83,8 +83,13 @@ def sweep_key(scores: Scores, settings: SweepSettings, eval_settings: EvalSettin
     """Every input that can change a sweep table (see :mod:`companion.store`)."""
     evaluation = {k: v for k, v in asdict(eval_settings).items() if k not in ("batch_size", "progress", "data_source")}
     task_data = {task: evaluation_task_data(task, eval_settings.online) for task in eval_settings.tasks}
-    return {"kind": "sweep", "scores": scores["key_sha256"], "settings": asdict(settings), "evaluation": evaluation,
+    return {"kind": "sweep", "scores": scores["key_sha256"], "settings": _portable(settings), "evaluation": evaluation,
             "task_data": task_data, "model": identity, "numerics": store.numerics()}
+
+
+def _portable(settings: SweepSettings) -> dict:
+    """The settings as results record them: a calibration file by its name (its content hash is in the scores)."""
+    return {**asdict(settings), "calibration": Path(settings.calibration).name}
 
 
 def run_sweep(model: Callable[[], LoadedModel], settings: SweepSettings, eval_settings: EvalSettings, out_dir: Path,
@@ -107,7 +112,7 @@ def run_sweep(model: Callable[[], LoadedModel], settings: SweepSettings, eval_se
         rows = _evaluate_prunings(loaded, identity["spec"], settings, eval_settings, orders, prunings, out_dir,
                                   progress)
         content = {"schema": SCHEMA, "created": timestamp(), "model": loaded.provenance(),
-                   "settings": asdict(settings), "evaluation": asdict(eval_settings), "environment": environment(),
+                   "settings": _portable(settings), "evaluation": asdict(eval_settings), "environment": environment(),
                    "scores": {"file": scores_path(out_dir, settings.calibration).name,
                               "key_sha256": scores["key_sha256"], "created": scores["created"],
                               "data": {k: v for k, v in scores["data"].items() if k != "windows"}},
