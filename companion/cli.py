@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from companion.errors import CompanionError
+from companion.model.embedded import EMBEDDED_MODELS
 from companion.model.loading import DEFAULT_MODEL
 from companion.paths import model_slug
 from companion.profiles import EVAL_BATCH_SIZE, csv_list, int_list, profile
@@ -39,7 +40,8 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"a Hugging Face id, a local folder, or '{DEFAULT_MODEL}' (embedded: no download)")
+                        help="a Hugging Face id, a local folder, or an embedded model (no download): "
+                             + ", ".join(EMBEDDED_MODELS))
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
 
