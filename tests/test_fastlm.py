@@ -163,3 +163,30 @@ def test_auto_batch_size_matches_stock(tokenizer) -> None:
     fast = make_lm(model, tokenizer, batch_size="auto", max_length=MAX_LENGTH, max_batch_size=8)
     assert [ll for ll, _ in fast.loglikelihood(requests, disable_tqdm=True)] == pytest.approx(
         [ll for ll, _ in stock], abs=TOL)
+
+
+# bf16 keeps 8 significant bits (relative rounding 2**-8 ≈ 0.4 %). Both sides run the same bf16 weights, but
+# FastHFLM batches, pads and slices differently (shared contexts, LM head only on continuation positions),
+# so matmuls round differently: each token log-probability (magnitude 1-20 here) can differ by a few
+# rounding steps, and a continuation sums up to 8 of them. Relative 1e-2 of the log-likelihood covers that
+# with margin; the absolute 0.1 covers likelihoods near zero (greedy continuations), where a relative bound
+# means nothing. A real bug (a wrong position, a dropped token) moves a log-likelihood by a whole token's
+# log-probability, far outside both. Measured here: log-likelihoods from -77 to -1.5, largest differences
+# 0.65 % (llama) and 0.71 % (gemma3) relative, 0.5 absolute at -76.5.
+BF16_REL, BF16_ABS = 1e-2, 0.1
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_loglikelihood_matches_stock_in_bf16(tokenizer, arch: str) -> None:
+    """FastHFLM and stock HFLM on the same bf16 model agree within bf16 rounding (tolerance above)."""
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(CONFIGS[arch]()).eval().to(torch.bfloat16)
+    requests = _requests(model, tokenizer)
+    stock = _lm(model, tokenizer, False, 4).loglikelihood(requests, disable_tqdm=True)
+    fast = _lm(model, tokenizer, True, 4).loglikelihood(requests, disable_tqdm=True)
+    assert len(fast) == len(stock) == len(requests)
+    for (stock_ll, _), (fast_ll, _) in zip(stock, fast):
+        assert fast_ll == pytest.approx(stock_ll, rel=BF16_REL, abs=BF16_ABS)
+    assert max(abs(ll) for ll, _ in stock) > 10 * BF16_ABS, "log-likelihoods too small to test the tolerance"
+    agree = sum(f == s for (_, f), (_, s) in zip(fast, stock))
+    assert agree >= 0.9 * len(requests)  # greedy flags may flip only at bf16 near-ties

@@ -111,7 +111,7 @@ def test_data_source_choices_fail_in_one_line(data_dir, monkeypatch, tmp_path):
     with pytest.raises(CompanionError, match="COMPANION_DATA_DIR is not set; set it to the folder that holds "
                                              "wikitext-2-raw-v1/validation.json"):
         load_documents("wikitext2", data_source="local")
-    with pytest.raises(CompanionError, match="no local 'train' split"):
+    with pytest.raises(CompanionError, match="wikitext2:train is read from the Hub only"):
         load_rows("wikitext2", "train", data_source="local")
     (tmp_path / "mine.txt").write_text("one\n\ntwo\n")
     with pytest.raises(CompanionError, match="data source 'hub' applies to wikitext2 and c4"):

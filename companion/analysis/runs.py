@@ -20,12 +20,13 @@ import pandas as pd
 from companion.analysis.tables import speed_frame, sweep_frame
 from companion.errors import CompanionError
 from companion.experiments.evaluation import EvalSettings
-from companion.experiments.sweep import SweepSettings
+from companion.experiments.sweep import SweepSettings, fit_drops
 from companion.names import (
     ENTROPY_METHODS,
     GRANULARITIES,
     PERPLEXITY_TASK,
     SIMILARITY_METHODS,
+    task_label,
 )
 from companion.paths import model_slug
 from companion.profiles import csv_list, int_list
@@ -132,12 +133,12 @@ class Run:
 
     def describe_evaluation(self) -> str:
         """The tasks, the example limit and the perplexity setting, in words."""
-        tasks = [t for t in self.tasks if t != PERPLEXITY_TASK]
+        tasks = [task_label(t) for t in self.tasks if t != PERPLEXITY_TASK]
         limit = "all examples" if self.limit is None else f"first {self.limit} examples per task"
         text = f"zero-shot {', '.join(tasks) or 'no tasks'} ({limit})"
         if PERPLEXITY_TASK in self.tasks:
-            chunks = "all" if self.ppl_chunks is None else str(self.ppl_chunks)
-            windows = "1 window" if self.ppl_chunks == 1 else f"{chunks} windows"
+            cap = self.eval_settings().ppl_windows
+            windows = "all windows" if cap is None else "1 window" if cap == 1 else f"{cap} windows"
             text += f"; WikiText-2 perplexity over {windows} of {self.ppl_seqlen} tokens"
         return text
 
@@ -163,7 +164,9 @@ def resolve_parameters(values: Mapping[str, Any]) -> Run:
 
     ``None`` means "the profile's value", except ``limit = -1``: all examples. ``calibration`` and the
     list parameters are comma-separated strings or lists. Results go to
-    ``{results_dir}/{profile}/{model slug}``, relative to the working directory.
+    ``{results_dir}/{profile}/{model slug}``, relative to the working directory. The protected layers
+    are the profile's; drop counts above the model's prunable layers are clipped (see
+    :func:`companion.experiments.sweep.fit_drops`); a limit also caps the timed speed repeats.
     """
     get = {name: values.get(name) for name in PARAMETERS}
     name = get["profile"] or "smoke"
@@ -181,6 +184,16 @@ def resolve_parameters(values: Mapping[str, Any]) -> Run:
     if 0 not in drops:
         drops = [0, *drops]  # retention needs the dense model
     limit = chosen.get("limit", prof["limit"])
+    limit = None if limit == -1 else limit
+    protect = prof["protect"]
+    speed_drops = sorted(set(prof["speed_drops"]))
+    if protect != "auto":
+        from companion.model.loading import model_num_layers
+
+        layers = model_num_layers(model)
+        if layers is not None:
+            drops = fit_drops(drops, layers, protect, model_slug(model))
+            speed_drops = fit_drops(speed_drops, layers, protect, note=False)
     results_dir = Path(get["results_dir"] or "results")
     return Run(
         profile=name, model=model, device=prof["device"], dtype=prof["dtype"],
@@ -188,10 +201,11 @@ def resolve_parameters(values: Mapping[str, Any]) -> Run:
         samples=chosen.get("samples", prof["samples"]), seqlen=chosen.get("seqlen", prof["seqlen"]),
         seed=chosen.get("seed", prof["seed"]), methods=csv_list(get["estimators"]) or list(prof["methods"]),
         granularities=granularities, drops=sorted(set(drops)), tasks=csv_list(get["tasks"]) or list(prof["tasks"]),
-        limit=None if limit == -1 else limit, ppl_seqlen=prof["ppl_seqlen"], ppl_chunks=prof["ppl_chunks"],
-        speed_drops=list(prof["speed_drops"]), speed_prompt=prof["speed_prompt"],
-        speed_new_tokens=prof["speed_new_tokens"], speed_repeats=prof["speed_repeats"],
+        limit=limit, ppl_seqlen=prof["ppl_seqlen"], ppl_chunks=prof["ppl_chunks"],
+        speed_drops=speed_drops, speed_prompt=prof["speed_prompt"], speed_new_tokens=prof["speed_new_tokens"],
+        speed_repeats=prof["speed_repeats"] if limit is None else min(prof["speed_repeats"], limit),
         out_dir=results_dir / name / model_slug(model), results_dir=results_dir, data_source=prof["data_source"],
+        protect=protect,
     )
 
 
@@ -247,6 +261,18 @@ def ensure_speed(run: Run, scores: dict, method: str = "knn",
                                 batch_size=SPEED_BATCH_SIZE, warmup=SPEED_WARMUP, repeats=run.speed_repeats)
         write_speed(rows, path, {"model": loaded.provenance(), **settings}, key)
     return speed_frame(rows)
+
+
+def run_plan(run: Run, models: Sequence[str], lengths) -> Any:
+    """The :class:`companion.experiments.plan.Plan` of ``run`` for ``models``: its sweeps on every
+    calibration set and the speed runs of the speedup notebook (KNN order, attention and layers)."""
+    from companion.experiments.plan import build_plan
+
+    speed = speed_settings(run, "knn", ("attn", "layer"))
+    return build_plan(models, run.calibrations, run.samples, run.seqlen, run.methods, run.granularities, run.drops,
+                      run.eval_settings(), lengths,
+                      {"granularities": speed["granularities"], "drops": speed["drops"], "prompt": run.speed_prompt,
+                       "new_tokens": run.speed_new_tokens, "warmup": SPEED_WARMUP, "repeats": run.speed_repeats})
 
 
 def load_sweep(path: str | Path) -> pd.DataFrame:

