@@ -47,7 +47,7 @@ def run_notebooks(notebooks_dir: Path, out_dir: Path, parameters: dict, names: l
     """Execute ``names`` (default: all) into ``out_dir``; copy the executed ones into ``book_dir``.
 
     ``parameters`` are papermill's (``results_dir`` and ``profile`` name the results folder that is
-    fingerprinted). Passes repeat until one executes nothing (at most :data:`MAX_PASSES`). Returns the
+    fingerprinted). Passes repeat until one executes nothing (at most ``MAX_PASSES``). Returns the
     names that were executed (the others were up to date).
     """
     import papermill

@@ -139,7 +139,7 @@ def apply_pruning(model: nn.Module, pruning: Pruning) -> dict:
     Layer indices refer to the model as it is now. On a model that already carries a pruning (say, one
     loaded from a pruned checkpoint) a pruning of the same granularity composes: ``model.companion_pruning``
     becomes the union, in indices of the original model (dropping an attention or MLP sub-layer again is
-    a no-op). A pruning of another granularity raises a :class:`CompanionError`, since one pruning
+    a no-op). A pruning of another granularity raises a :class:`~companion.errors.CompanionError`, since one pruning
     records one granularity.
     """
     num_layers = len(adapters.decoder_layers(model))
