@@ -23,7 +23,7 @@ GUESS_NOTE = "our guess: the paper counts 13 tasks but names 11"
 
 
 def task_label(task: str) -> str:
-    """``task``, marked as our guess where it is one of :data:`GUESSED_PAPER_TASKS`."""
+    """``task``, marked as our guess where it is one of ``GUESSED_PAPER_TASKS``."""
     return f"{task} ({GUESS_NOTE})" if task in GUESSED_PAPER_TASKS else task
 
 

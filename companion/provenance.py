@@ -21,7 +21,7 @@ _ROOT = Path(__file__).resolve().parent.parent
 def git_commit(root: Path | None = None) -> str | None:
     """The commit of the companion checkout at ``root``, with ``-dirty`` when code differs from it.
 
-    Only tracked files outside :data:`OUTPUT_FOLDERS` count: a changed results file does not make
+    Only tracked files outside ``OUTPUT_FOLDERS`` count: a changed results file does not make
     later results look as if they came from uncommitted code. None when ``root`` is no git checkout
     (e.g. an installed package, which must not report the commit of a repository around it).
     """

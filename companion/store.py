@@ -25,7 +25,7 @@ notebook        the notebook's source, its parameters, the package source, and a
 The model identity's fingerprint hashes every file of the checkpoint folder (weights, config, tokenizer,
 pruning manifest), so a local model folder whose files changed is never served old results.
 :func:`numerics` holds the versions of the libraries whose arithmetic results depend on (torch,
-transformers, lm-eval) and :data:`NUMERICS_VERSION`, which is bumped whenever numeric code of this
+transformers, lm-eval) and ``NUMERICS_VERSION``, which is bumped whenever numeric code of this
 package changes. Batch sizes are not in the keys: they change results only by float rounding.
 
 Entries are written atomically, under a per-entry file lock, so concurrent runs on one results folder

@@ -74,7 +74,7 @@ class EvalSettings:
 
     @property
     def ppl_windows(self) -> int | None:
-        """The most perplexity windows evaluated: the smaller of ``ppl_chunks`` and ``limit`` (None: all)."""
+        """The smaller of ``ppl_chunks`` and ``limit``, the most perplexity windows evaluated (``None`` for all)."""
         caps = [cap for cap in (self.ppl_chunks, self.limit) if cap is not None]
         return min(caps) if caps else None
 

