@@ -359,6 +359,18 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars (lm-eval's included)")
 
 
+def _run_args(parser: argparse.ArgumentParser) -> None:
+    """The options that override a profile's model, device, dtype, data source and calibration sets."""
+    parser.add_argument("--model", help="Hugging Face id, local folder or embedded model (default: the profile's)")
+    parser.add_argument("--device", help="device (default: the profile's)")
+    parser.add_argument("--dtype", help="dtype (default: the profile's)")
+    parser.add_argument("--data-source", choices=["auto", "hub", "local"],
+                        help="calibration and task data: the Hub when reachable (auto), the Hub, or COMPANION_DATA_DIR "
+                             "(default: the profile's)")
+    parser.add_argument("--calibration", help="comma-separated calibration sets (default: the profile's; offline, "
+                                              "the paper profile needs e.g. c4,wikitext2 instead of c4:train)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m companion", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -457,14 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="execute the figure notebooks (papermill), skipping unchanged ones",
                        formatter_class=fmt)
     p.add_argument("--profile", default="default", help="smoke, default or paper")
-    p.add_argument("--model", help="Hugging Face id or local folder (default: the profile's)")
-    p.add_argument("--device", help="device (default: the profile's)")
-    p.add_argument("--dtype", help="dtype (default: the profile's)")
-    p.add_argument("--data-source", choices=["auto", "hub", "local"],
-                   help="calibration and task data: the Hub when reachable (auto), the Hub, or COMPANION_DATA_DIR "
-                        "(default: the profile's)")
-    p.add_argument("--calibration", help="comma-separated calibration sets (default: the profile's; offline, "
-                                         "the paper profile needs e.g. c4,wikitext2 instead of c4:train)")
+    _run_args(p)
     p.add_argument("--limit", type=int, help="examples per task, perplexity windows and timed speed repeats "
                                              "(default: the profile's; -1 for all)")
     p.add_argument("--no-plan", action="store_true", help="skip the plan and time estimate printed first")
@@ -479,11 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="print what a profile computes and an estimate of how long it takes",
                        formatter_class=fmt)
     p.add_argument("--profile", default="paper", help="smoke, default or paper")
-    p.add_argument("--model", help="model spec (default: the profile's models)")
-    p.add_argument("--device", help="override the profile's device")
-    p.add_argument("--dtype", help="override the profile's dtype")
-    p.add_argument("--data-source", choices=["auto", "hub", "local"], help="task data: as for 'eval'")
-    p.add_argument("--calibration", help="comma-separated calibration sets (default: the profile's)")
+    _run_args(p)
     p.add_argument("--tasks", help="comma-separated tasks (default: the profile's)")
     p.add_argument("--limit", type=int, help="examples per task (default: the profile's; -1 for all)")
     p.add_argument("--model-config", help="a config.json, to estimate from FLOPs instead of measuring (with --tflops)")
