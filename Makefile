@@ -70,6 +70,7 @@ test-unit: install browser
 test-smoke: install browser
 	rm -rf $(SMOKE)/book && mkdir -p $(SMOKE) && cp -r book $(SMOKE)/book && rm -rf $(SMOKE)/book/_build
 	cp CITATION.cff $(SMOKE)/  # read by book/cite.md, one folder above the book
+	mkdir -p $(SMOKE)/results && rm -rf $(SMOKE)/results/gpu && cp -r results/gpu $(SMOKE)/results/gpu  # GPU page
 	$(PY) -m companion reproduce --profile smoke --results $(SMOKE)/results --out $(SMOKE)/notebooks \
 		--book-figures $(SMOKE)/book/figures
 	$(JB) build $(SMOKE)/book $(JB_FLAGS)

@@ -2,7 +2,7 @@
 
 A notebook is up to date when its stamp (``<name>.inputs`` beside the executed copy) records the same
 code digest (the notebook, its parameters and the package source) and the same fingerprint of the
-results under the profile's results folder (every JSON/CSV file: see
+results folder (every JSON/CSV file of every profile and of ``gpu/``: see
 :func:`companion.store.fingerprint_files`). The notebooks themselves reuse results from the store, so
 a notebook executed before another one changed the results folder is executed again in a second pass
 (cheaply: everything it reads is stored by then). A rerun with nothing changed executes nothing.
@@ -57,7 +57,7 @@ def run_notebooks(notebooks_dir: Path, out_dir: Path, parameters: dict, names: l
     if missing:
         raise CompanionError(f"no notebook {missing[0]}.ipynb in {notebooks_dir}; known: {', '.join(NOTEBOOKS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = Path(parameters.get("results_dir") or "results") / (parameters.get("profile") or "smoke")
+    results = Path(parameters.get("results_dir") or "results")  # the profile's results and results/gpu
     codes = {name: code_digest(notebooks_dir / f"{name}.ipynb", parameters) for name in names}
     executed: list[str] = []
     for _ in range(MAX_PASSES):
