@@ -36,6 +36,7 @@ one-line warning.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import sys
@@ -55,6 +56,11 @@ _NUMERIC_LIBRARIES = ("torch", "transformers", "lm_eval")
 
 def numerics() -> dict[str, Any]:
     """The package's numerics version and the versions of the libraries that do its arithmetic."""
+    return dict(_numerics())
+
+
+@functools.lru_cache(maxsize=1)
+def _numerics() -> dict[str, Any]:
     versions: dict[str, Any] = {"companion_numerics": NUMERICS_VERSION}
     for name in _NUMERIC_LIBRARIES:
         try:

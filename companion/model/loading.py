@@ -109,14 +109,15 @@ def checkpoint_fingerprint(folder: str | Path) -> str:
         cache = json.loads(cache_file.read_text())
     except (OSError, ValueError):
         cache = {}
-    parts = []
+    parts, known = [], len(cache)
     for path in files:
         stat = path.resolve().stat()
         key = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
         if key not in cache:
             cache[key] = sha256_file(path)
         parts.append(f"{path.relative_to(folder).as_posix()}:{cache[key]}")
-    atomic_write_json(cache_file, cache)
+    if len(cache) != known:  # only when something was hashed: this runs before every evaluation
+        atomic_write_json(cache_file, cache)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
