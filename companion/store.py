@@ -12,8 +12,8 @@ scores          model identity (spec, checkpoint fingerprint, dtype, device type
                 (source, split, origin ``hub``/``local``/``file``, content sha256); windows (samples,
                 seqlen, seed); estimators and their parameters; :func:`numerics`
 evaluation      model identity; pruning (granularity, dropped layers); task; task data (origin and the
-                sha256 of each local source file); few-shot; limit; evaluation backend (``FastHFLM`` or
-                stock ``HFLM``); perplexity windows; :func:`numerics`
+                sha256 of each local source file); few-shot; limit and the seed of the example sample;
+                evaluation backend (``FastHFLM`` or stock ``HFLM``); perplexity windows; :func:`numerics`
 sweep           the scores key's digest; methods, granularities, drop counts, protected layers rule;
                 the evaluation settings; model identity; :func:`numerics`
 speed           model identity; the machine (CPU or GPU name); scores key digest; method, protection,
@@ -49,8 +49,9 @@ from typing import Any
 from companion.io import atomic_write_json
 
 # Bumped whenever code that computes numbers changes what it computes (estimators, scoring, evaluation,
-# FastHFLM, perplexity, speed). 2: KNN distances of identical tokens are exactly zero.
-NUMERICS_VERSION = 2
+# FastHFLM, perplexity, speed). 2: KNN distances of identical tokens are exactly zero. 3: evaluations
+# keep per-example records and score a seeded random sample of each task instead of its first examples.
+NUMERICS_VERSION = 3
 _NUMERIC_LIBRARIES = ("torch", "transformers", "lm_eval")
 
 
@@ -141,7 +142,7 @@ def cached(path: str | Path, key: Any, compute: Callable[[], dict], force: bool 
         return write(path, key, compute())
 
 
-def fingerprint_files(folder: str | Path, suffixes: tuple[str, ...] = (".json", ".csv")) -> str:
+def fingerprint_files(folder: str | Path, suffixes: tuple[str, ...] = (".json", ".csv", ".parquet")) -> str:
     """sha256 over the relative names and bytes of the files with ``suffixes`` under ``folder``."""
     folder = Path(folder)
     hasher = hashlib.sha256()

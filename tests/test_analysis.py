@@ -15,6 +15,7 @@ import pytest
 
 from companion.analysis import figures, findings, runs, tables, verdicts
 from companion.errors import CompanionError
+from companion.method import orders
 from companion.method.orders import DropOrder, drop_order
 
 LAYERS = 6
@@ -215,9 +216,10 @@ def test_sweep_tables_round_trip_through_csv_and_json(tmp_path):
 
 
 def test_headline_k_and_speedup_efficiency():
-    assert tables.headline_k([0, 4, 8, 12, 16], 32) == 12
-    assert tables.headline_k([0, 2, 4, 6, 8], 18) == 6
-    assert tables.headline_k([0, 8], 18) == 0
+    assert orders.headline_k([0, 4, 8, 12, 16], 32) == 12
+    assert orders.headline_k([0, 2, 4, 6, 8], 18) == 6
+    assert orders.headline_k([0, 2, 5, 7, 9, 11], 18) == 7  # the K closest to 6.75
+    assert orders.headline_k([0, 8], 18) == 8 and orders.headline_k([0], 18) == 0
     assert tables.speedup_efficiency(1.18, 1.2) == pytest.approx(0.9)
     assert math.isnan(tables.speedup_efficiency(1.5, 1.0))
 

@@ -39,7 +39,8 @@ def counted(monkeypatch):
         calls.append(task)
         pruning = getattr(loaded.model, "companion_pruning", None)
         value = 0.5 + 0.01 * len(pruning.layers if pruning else [])
-        return [{"task": task, "metric": "acc", "value": value, "stderr": 0.01, "n": settings.limit}]
+        rows = [{"task": task, "metric": "acc", "value": value, "stderr": 0.01, "n": settings.limit}]
+        return rows, {"task": [task], "doc_id": [0], "metrics": {"acc": [value]}, "loglik": [[-1.0, -2.0]]}
 
     monkeypatch.setattr(evaluation, "run_lm_eval", fake)
     return calls
@@ -71,16 +72,28 @@ def test_bad_evaluation_settings():
 @needs_data
 def test_perplexity_matches_a_direct_computation():
     loaded = _loaded()
-    rows = evaluation.perplexity(loaded, seqlen=16, chunks=3)
+    rows, records = evaluation.perplexity(loaded, seqlen=16, chunks=3)
     from companion.method.calibration import load_rows
 
     ids = loaded.tokenizer("\n\n".join(load_rows("wikitext2", "test")[0]), return_tensors="pt").input_ids[0]
-    windows = ids[:48].view(3, 16)
+    chosen = records["doc_id"]
+    assert len(chosen) == 3 and chosen == sorted(chosen) and chosen != [0, 1, 2]  # a seeded sample
+    windows = ids[: (ids.numel() // 16) * 16].view(-1, 16)[chosen]
     with torch.no_grad():
         logits = loaded.model(windows).logits[:, :-1]
-    nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1))
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), windows[:, 1:], reduction="none").sum(1)
     assert rows[0]["task"] == PERPLEXITY_TASK and rows[0]["n"] == 48
-    assert rows[0]["value"] == pytest.approx(math.exp(nll.item()), rel=1e-5)
+    assert rows[0]["value"] == pytest.approx(math.exp(nll.sum().item() / 45), rel=1e-5)
+    assert records["metrics"]["nll"] == pytest.approx(nll.tolist(), abs=1e-3)
+    assert records["metrics"]["tokens"] == [15.0] * 3
+
+
+def test_example_samples_are_seeded_nested_and_sorted():
+    small, large = evaluation.sample_indices(1000, 20), evaluation.sample_indices(1000, 200)
+    assert small == sorted(small) and len(set(small)) == 20 and set(small) <= set(large)
+    assert small == evaluation.sample_indices(1000, 20) and small != list(range(20))
+    assert evaluation.sample_indices(1000, 20, seed=7) != small
+    assert evaluation.sample_indices(5, 20) == list(range(5)) and evaluation.sample_indices(5, None) == list(range(5))
 
 
 def _scores(num_layers: int = 4) -> dict:
@@ -130,9 +143,27 @@ def test_stock_lm_eval_on_a_pruned_checkpoint_matches_companion(tmp_path, tiny_c
     ours = {r["metric"]: r["value"] for r in evaluate(load_model(str(pruned), "cpu", "float32"), settings,
                                                        cache=tmp_path / "cache")}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    sample = json.dumps({"piqa": evaluation.sample_indices(1838, 6)})  # our seeded sample of PIQA's 1838
     subprocess.run([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
                     f"pretrained={pruned},dtype=float32", "--tasks", "piqa", "--include_path", str(tasks_dir),
-                    "--limit", "6", "--batch_size", "2", "--device", "cpu", "--output_path", str(tmp_path / "out")],
+                    "--samples", sample, "--batch_size", "2", "--device", "cpu", "--output_path", str(tmp_path / "out")],
                    check=True, env=env, capture_output=True, text=True)
     result = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]["piqa"]
     assert result["acc,none"] == pytest.approx(ours["acc"]) and result["acc_norm,none"] == pytest.approx(ours["acc_norm"])
+
+
+@needs_data
+def test_lm_eval_records_are_the_seeded_sample_and_average_to_the_rows(tmp_path):
+    loaded = _loaded()
+    entry = evaluation.evaluate_entries(loaded, EvalSettings(tasks=["piqa"], limit=6, progress=False), cache=tmp_path)[0]
+    records = entry["records"]
+    from companion.experiments.evaluation import loaded_task
+
+    size = len(loaded_task("piqa", False, 0)["tasks"]["piqa"].eval_docs)
+    assert records["doc_id"] == evaluation.sample_indices(size, 6) and records["task"] == ["piqa"] * 6
+    assert all(len(ll) == 2 for ll in records["loglik"])  # PIQA: two choices
+    for row in entry["rows"]:
+        assert row["value"] == pytest.approx(sum(records["metrics"][row["metric"]]) / 6)
+    best = [max(range(2), key=lambda i: ll[i]) for ll in records["loglik"]]
+    labels = [loaded_task("piqa", False, 0)["tasks"]["piqa"].eval_docs[i]["label"] for i in records["doc_id"]]
+    assert records["metrics"]["acc"] == [float(b == y) for b, y in zip(best, labels)]

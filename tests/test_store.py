@@ -119,8 +119,8 @@ def test_evaluations_follow_the_model_and_dtype(tmp_path, tiny_checkpoint, monke
     from companion.model.loading import load_model
 
     calls = []
-    monkeypatch.setattr(evaluation, "run_lm_eval", lambda loaded, task, settings: calls.append(task) or [
-        {"task": task, "metric": "acc", "value": 0.5, "stderr": 0.1, "n": 2}])
+    monkeypatch.setattr(evaluation, "run_lm_eval", lambda loaded, task, settings: calls.append(task) or ([
+        {"task": task, "metric": "acc", "value": 0.5, "stderr": 0.1, "n": 2}], None))
     model = tiny_checkpoint("llama")
     settings = EvalSettings(tasks=["piqa"], limit=2)
     for _ in range(2):

@@ -12,7 +12,6 @@ import pandas as pd
 from companion.analysis.tables import (
     dense_accuracy,
     drop_set_overlap,
-    headline_k,
     layer_scores,
     lookup,
     mean_retention,
@@ -29,7 +28,7 @@ from companion.analysis.verdicts import (
     two_stage_verdict,
     versus,
 )
-from companion.method.orders import compression_stage, drop_order
+from companion.method.orders import compression_stage, drop_order, headline_k
 from companion.names import PERPLEXITY_TASK
 
 HEADLINE_RETENTION = 95.0  # the paper's headline: "95%+" of the dense accuracy kept

@@ -17,7 +17,6 @@ from companion.errors import CompanionError
 from companion.method.orders import DropOrder, compression_stage, drop_order
 from companion.names import GRANULARITIES, PERPLEXITY_TASK
 
-HEADLINE_FRACTION = 12 / 32  # the paper's headline: 12 of 32 attention layers dropped
 
 
 # ---------------------------------------------------------------- entropy profiles
@@ -272,12 +271,6 @@ def mean_retention(acc: pd.DataFrame, method: str, granularity: str, calibration
     if calibration is not None:
         rows = rows[rows["calibration"] == calibration]
     return float(rows["retention"].mean()) if len(rows) else float("nan")
-
-
-def headline_k(drops: Iterable[int], num_layers: int, fraction: float = HEADLINE_FRACTION) -> int:
-    """The largest K > 0 of ``drops`` with K ≤ fraction × layers (12 of 32 in the paper); 0 if none."""
-    eligible = [k for k in drops if 0 < k <= fraction * num_layers + 1e-9]
-    return max(eligible, default=0)
 
 
 # ---------------------------------------------------------------- speed

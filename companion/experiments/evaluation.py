@@ -5,9 +5,16 @@ the same log-likelihoods as stock ``HFLM``, with the LM head computed only where
 Hub in reach the stock tasks run as they are; offline, :mod:`companion.experiments.tasks` writes configs that
 feed the stock tasks from ``COMPANION_DATA_DIR``.
 
+Each task is scored on a seeded random sample of ``limit`` of its examples (perplexity: of its
+windows), the same sample for every pruning, so that two prunings can be compared example by example.
+A smaller limit draws a subset of a larger one's sample (the first ``limit`` of one seeded permutation).
+
 Each (pruning, task) result is stored as its own JSON file under the key of :mod:`companion.store`
-(model identity, pruning, task, task data, few-shot, limit, backend, numerics), written atomically, so
-reruns skip finished work and an interrupted sweep resumes.
+(model identity, pruning, task, task data, few-shot, limit and sample seed, backend, numerics),
+written atomically, so reruns skip finished work and an interrupted sweep resumes. Beside the
+aggregate rows it keeps **per-example records** (:func:`records`): for each document its id, ``acc``
+(and ``acc_norm``) and the log-likelihood of each choice; for each perplexity window its negative
+log-likelihood sum and token count.
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ import functools
 import io
 import math
 import sys
+from typing import TypedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -36,6 +45,19 @@ from companion.paths import cache_dir
 from companion.profiles import EVAL_BATCH_SIZE
 
 DATA_SOURCES = ("auto", "hub", "local")
+SAMPLE_SEED = 1234  # the seed of every task's example sample (lm-eval's default few-shot seed, too)
+
+
+class Records(TypedDict):
+    """Per-example results of one task, column-wise: ``task`` (a group's subtask), ``doc_id`` (the
+    document's index in the task's evaluation split, or the window index), ``metrics`` (name -> values:
+    ``acc``/``acc_norm`` per document, ``nll``/``tokens`` per perplexity window) and ``loglik`` (the
+    log-likelihood of each choice, empty for perplexity)."""
+
+    task: list[str]
+    doc_id: list[int]
+    metrics: dict[str, list[float]]
+    loglik: list[list[float]]
 
 
 @dataclass
@@ -55,6 +77,7 @@ class EvalSettings:
     ppl_chunks: int | None = None
     data_source: str = "auto"
     progress: bool = True
+    sample_seed: int = SAMPLE_SEED
 
     def validate(self) -> None:
         """Unknown tasks and non-positive limits are errors before any work starts."""
@@ -121,11 +144,23 @@ def evaluation_key(identity: dict, pruning: Pruning | None, task: str, settings:
     key = {"kind": "evaluation", "model": identity,
            "pruning": None if pruning is None or not pruning.layers else asdict(pruning), "task": task,
            "task_data": task_data(task, settings.online), "num_fewshot": settings.num_fewshot,
-           "limit": settings.limit, "backend": "FastHFLM" if settings.fast else "HFLM",
+           "limit": settings.limit, "sample_seed": settings.sample_seed,
+           "backend": "FastHFLM" if settings.fast else "HFLM",
            "numerics": store.numerics()}
     if task == PERPLEXITY_TASK:
         key.update(ppl_seqlen=settings.ppl_seqlen, ppl_chunks=settings.ppl_windows)  # the effective windows
     return key
+
+
+def sample_indices(size: int, limit: int | None, seed: int = SAMPLE_SEED) -> list[int]:
+    """A seeded random sample of ``limit`` of ``size`` example indices, sorted (all when ``limit`` is None).
+
+    The sample is the first ``limit`` entries of one seeded permutation, so a smaller limit draws a
+    subset of a larger one's examples and every pruning sees the same ones.
+    """
+    if limit is None or limit >= size:
+        return list(range(size))
+    return sorted(int(i) for i in np.random.default_rng(seed).permutation(size)[:limit])
 
 
 def _rows_from_lm_eval(results: dict, task: str) -> list[dict]:
@@ -143,40 +178,77 @@ def _rows_from_lm_eval(results: dict, task: str) -> list[dict]:
     return rows
 
 
-def run_lm_eval(loaded: LoadedModel, task: str, settings: EvalSettings) -> list[dict]:
-    """Evaluate the (possibly pruned) in-memory model on one lm-eval task or group."""
-    from lm_eval import simple_evaluate
+def _records_from_lm_eval(samples: dict[str, list[dict]]) -> Records:
+    """Per-example records from lm-eval's logged samples (``log_samples=True``)."""
+    records: Records = {"task": [], "doc_id": [], "metrics": {}, "loglik": []}
+    for subtask in sorted(samples):
+        for sample in sorted(samples[subtask], key=lambda s: s["doc_id"]):
+            records["task"].append(subtask)
+            records["doc_id"].append(int(sample["doc_id"]))
+            records["loglik"].append([round(float(r[0]), 5) for r in sample["filtered_resps"]])
+            for metric in sample["metrics"]:
+                records["metrics"].setdefault(metric, []).append(float(sample[metric]))
+    return records
+
+
+@functools.lru_cache(maxsize=None)
+def loaded_task(task: str, online: bool, num_fewshot: int) -> dict:
+    """lm-eval's loaded task dict (tasks and groups) for ``task``, built once per process and reused for
+    every pruning: building MMLU's 57 subtasks alone takes many seconds. Few-shot settings as
+    ``simple_evaluate`` applies them."""
+    loaded = task_manager_for(task, online).load([task])
+    for task_obj in loaded["tasks"].values():
+        if task_obj.get_config("num_fewshot") != 0:
+            task_obj.set_config(key="num_fewshot", value=num_fewshot)
+        task_obj.set_fewshot_seed(seed=SAMPLE_SEED)
+    return loaded
+
+
+def run_lm_eval(loaded: LoadedModel, task: str, settings: EvalSettings) -> tuple[list[dict], Records]:
+    """Evaluate the (possibly pruned) in-memory model on one lm-eval task or group, on the seeded sample
+    of ``settings.limit`` examples of each (sub)task; aggregate rows and per-example records."""
+    from lm_eval.evaluator import evaluate as lm_eval_evaluate
 
     from companion.experiments.fastlm import make_lm
 
+    task_dict = loaded_task(task, settings.online, settings.num_fewshot)
+    samples = {name: sample_indices(len(task_obj.eval_docs), settings.limit, settings.sample_seed)
+               for name, task_obj in task_dict["tasks"].items()}
     lm = make_lm(loaded.model, loaded.tokenizer, batch_size=settings.batch_size, fast=settings.fast)
-    results = simple_evaluate(model=lm, tasks=[task], num_fewshot=settings.num_fewshot, limit=settings.limit,
-                              task_manager=task_manager_for(task, settings.online), log_samples=False,
-                              bootstrap_iters=1000, verbosity="ERROR")
-    return _rows_from_lm_eval(results, task)
+    results = lm_eval_evaluate(lm=lm, task_dict=task_dict, samples=samples, log_samples=True,
+                               bootstrap_iters=1000, verbosity="ERROR")
+    return _rows_from_lm_eval(results, task), _records_from_lm_eval(results["samples"])
 
 
 def perplexity(loaded: LoadedModel, seqlen: int = 512, chunks: int | None = None, data_source: str = "auto",
-               progress: bool = True) -> list[dict]:
+               progress: bool = True, seed: int = SAMPLE_SEED) -> tuple[list[dict], Records]:
     """WikiText-2 test perplexity as GPTQ/SparseGPT compute it: rows joined by blank lines, tokenized
-    once, cut into consecutive ``seqlen`` windows (the first ``chunks`` of them, or all)."""
+    once, cut into consecutive ``seqlen`` windows; a seeded sample of ``chunks`` of them (or all).
+
+    The records hold each window's summed negative log-likelihood and its predicted-token count, so
+    that perplexity can be compared window by window; the row's perplexity is exp(Σ nll / Σ tokens).
+    """
     rows, _ = load_rows("wikitext2", "test", data_source=data_source)
     ids = loaded.tokenizer("\n\n".join(rows), return_tensors="pt").input_ids[0]
-    windows = ids[: (ids.numel() // seqlen) * seqlen].view(-1, seqlen)[:chunks]
+    all_windows = ids[: (ids.numel() // seqlen) * seqlen].view(-1, seqlen)
+    chosen = sample_indices(len(all_windows), chunks, seed)
     device = next(loaded.model.parameters()).device
     losses = []
     with torch.inference_mode():
-        for window in tqdm(windows, desc="perplexity", unit="window", leave=False,
-                           disable=not progress):
-            batch = window[None].to(device)
+        for index in tqdm(chosen, desc="perplexity", unit="window", leave=False, disable=not progress):
+            batch = all_windows[index][None].to(device)
             losses.append(loaded.model(input_ids=batch, labels=batch, use_cache=False).loss.float())
-    nll = torch.stack(losses).cpu()
+    nll = torch.stack(losses).cpu() * (seqlen - 1)  # the loss is a mean over seqlen - 1 predicted tokens
     if not torch.isfinite(nll).all():
         raise CompanionError("perplexity is not finite (NaN or Inf in the model's outputs); try another --dtype")
-    mean = nll.mean().item()
-    stderr = (nll.std().item() / math.sqrt(len(nll))) * math.exp(mean) if len(nll) > 1 else None
+    per_token = nll / (seqlen - 1)
+    mean = per_token.mean().item()
+    stderr = (per_token.std().item() / math.sqrt(len(nll))) * math.exp(mean) if len(nll) > 1 else None
+    records: Records = {"task": [PERPLEXITY_TASK] * len(chosen), "doc_id": chosen,
+                        "metrics": {"nll": [round(v, 4) for v in nll.tolist()],
+                                    "tokens": [float(seqlen - 1)] * len(chosen)}, "loglik": []}
     return [{"task": PERPLEXITY_TASK, "metric": "perplexity", "value": math.exp(mean), "stderr": stderr,
-             "n": int(windows.numel())}]
+             "n": len(chosen) * seqlen}], records
 
 
 def evaluate(loaded: LoadedModel, settings: EvalSettings, pruning: Pruning | None = None,
@@ -186,23 +258,31 @@ def evaluate(loaded: LoadedModel, settings: EvalSettings, pruning: Pruning | Non
     ``pruning`` only labels the stored entry: the caller applies it to ``loaded.model`` beforehand.
     ``done`` is called with each task's name once it is evaluated or reused (a sweep's progress bar).
     """
+    return [row for entry in evaluate_entries(loaded, settings, pruning, cache, done) for row in entry["rows"]]
+
+
+def evaluate_entries(loaded: LoadedModel, settings: EvalSettings, pruning: Pruning | None = None,
+                     cache: Path | None = None, done: Callable[[str], None] | None = None) -> list[dict]:
+    """The stored entry (``rows`` and per-example ``records``) of every task in ``settings``, computed
+    where missing; see :func:`evaluate`."""
     settings.validate()
     cache = Path(cache) if cache is not None else cache_dir() / "evaluations"
     identity = loaded.identity()
-    rows = []
+    entries = []
     for task in settings.tasks:
         key = evaluation_key(identity, pruning, task, settings)
-        entry = store.cached(store.entry_path(cache, key), key,
-                             lambda task=task: {"rows": _run_task(loaded, task, settings)})
-        rows.extend(entry["rows"])
+        entries.append(store.cached(store.entry_path(cache, key), key, lambda task=task: _run_task(loaded, task, settings)))
         if done is not None:
             done(task)
-    return rows
+    return entries
 
 
-def _run_task(loaded: LoadedModel, task: str, settings: EvalSettings) -> list[dict]:
+def _run_task(loaded: LoadedModel, task: str, settings: EvalSettings) -> dict:
     if task == PERPLEXITY_TASK:
         source = "hub" if settings.online else "local"
-        return perplexity(loaded, settings.ppl_seqlen, settings.ppl_windows, source, settings.progress)
-    with contextlib.redirect_stderr(sys.stderr if settings.progress else io.StringIO()):  # lm-eval's bars
-        return run_lm_eval(loaded, task, settings)
+        rows, records = perplexity(loaded, settings.ppl_seqlen, settings.ppl_windows, source, settings.progress,
+                                   settings.sample_seed)
+    else:
+        with contextlib.redirect_stderr(sys.stderr if settings.progress else io.StringIO()):  # lm-eval's bars
+            rows, records = run_lm_eval(loaded, task, settings)
+    return {"rows": rows, "records": records}

@@ -2,8 +2,19 @@
 
 One scoring pass gives every drop order; each distinct dropped set is evaluated once (the dense model
 once for all, and two methods that agree on a set share its evaluation), on the one loaded model,
-pruned and restored in place. The result is one tidy table. One progress bar counts every (pruning,
-task) evaluation of the sweep.
+pruned and restored in place. Every order protects the same layers (:mod:`companion.method.orders`),
+and the null references, ``random:<seed>`` drop sets and ``last`` (the last prunable blocks), are
+evaluated beside the criteria. One progress bar counts every (pruning, task) evaluation of the sweep.
+
+Examples are spent where they decide the claims: the ``primary_methods`` at the headline K (the K
+closest to 37.5 % of the layers), the dense model and the baselines at that K are evaluated on
+``primary_limit`` examples per task (and ``primary_ppl_chunks`` perplexity windows); every other
+pruning on the evaluation settings' ``limit``. The smaller sample is a subset of the larger one.
+
+A sweep writes two tables: the aggregate one (``sweep_<calibration>.json``/``.csv``, one row per
+method, granularity, K, task and metric) and the tidy per-example one (``examples_<calibration>.parquet``:
+one row per method, granularity, K, task, document and metric, with a ``value``), whose means are the
+aggregate table's values.
 
 Drop counts larger than the prunable layers of a model (its layers minus the protected ones, e.g. the
 paper profile's K = 16 on a 4-layer test model) are clipped to that count with a note on stderr
@@ -16,19 +27,20 @@ import csv
 import io
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import pandas as pd
 from tqdm.auto import tqdm
 
 from companion import store
 from companion.errors import CompanionError
-from companion.experiments.evaluation import EvalSettings, evaluate
+from companion.experiments.evaluation import EvalSettings, evaluate_entries
 from companion.experiments.evaluation import task_data as evaluation_task_data
 from companion.experiments.tasks import offline_differences
-from companion.io import atomic_write_text
+from companion.io import atomic_write_bytes, atomic_write_text, sha256_file
 from companion.method.calibration import load_documents
-from companion.method.orders import DropOrder, drop_order, parse_protect
+from companion.method.orders import DropOrder, baseline_order, drop_order, headline_k, parse_protect, protected_layers
 from companion.method.scoring import Scores, ScoreSettings, cached_scores
 from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning, count_parameters, temporarily_pruned
@@ -37,7 +49,8 @@ from companion.provenance import environment, timestamp
 
 COLUMNS = ["model", "calibration", "method", "granularity", "K", "dropped", "protected", "task", "metric", "primary",
            "value", "stderr", "n", "params"]
-SCHEMA = "companion.sweep/2"
+EXAMPLE_COLUMNS = ["model", "calibration", "method", "granularity", "K", "task", "doc_id", "metric", "value"]
+SCHEMA = "companion.sweep/3"
 
 
 @dataclass
@@ -51,8 +64,19 @@ class SweepSettings:
     methods: list[str] = field(default_factory=lambda: ["knn", "bucket", "cosine"])
     granularities: list[str] = field(default_factory=lambda: ["attn", "layer"])
     drops: list[int] = field(default_factory=lambda: [0, 2, 4])
-    protect: str = "auto"
+    protect: str = "first:2,last:1"
     data_source: str = "auto"
+    baselines: list[str] = field(default_factory=lambda: ["random", "last"])
+    random_seeds: int = 5
+    primary_methods: list[str] = field(default_factory=list)
+    primary_limit: int | None = None
+    primary_ppl_chunks: int | None = None
+
+    @property
+    def baseline_names(self) -> list[str]:
+        """The baseline orders: ``random:0`` … ``random:<seeds-1>`` and ``last``, as chosen."""
+        names = [f"random:{seed}" for seed in range(self.random_seeds)] if "random" in self.baselines else []
+        return names + (["last"] if "last" in self.baselines else [])
 
 
 def calibration_label(calibration: str) -> str:
@@ -72,6 +96,11 @@ def scores_path(out_dir: Path, calibration: str) -> Path:
 def sweep_path(out_dir: Path, calibration: str) -> Path:
     """Where a sweep on ``calibration`` writes its table (``.json``; a ``.csv`` beside it)."""
     return Path(out_dir) / f"sweep_{_file_label(calibration)}.json"
+
+
+def examples_path(out_dir: Path, calibration: str) -> Path:
+    """Where a sweep on ``calibration`` writes its per-example table (Parquet)."""
+    return Path(out_dir) / f"examples_{_file_label(calibration)}.parquet"
 
 
 def fit_drops(drops: list[int], num_layers: int, protect: str, label: str = "the model", note: bool = True) -> list[int]:
@@ -101,15 +130,25 @@ def scores_for(model: Callable[[], LoadedModel], settings: SweepSettings, out_di
 
 
 def plan(scores: Scores, settings: SweepSettings) -> tuple[list[DropOrder], dict[tuple[str, str, int], Pruning]]:
-    """Every drop order and the pruning of every (method, granularity, K); checks all K before evaluating."""
-    orders, prunings = [], {}
-    for method in settings.methods:
-        for granularity in settings.granularities:
-            order = drop_order(scores, method, granularity, settings.protect)
-            orders.append(order)
-            for k in settings.drops:
-                prunings[(method, granularity, k)] = Pruning(granularity, order.drop_set(k))
+    """Every drop order (criteria, then baselines) and the pruning of every (method, granularity, K);
+    checks all K before evaluating. Every order protects the same layers."""
+    protected = protected_layers(scores, settings.protect)
+    orders = [drop_order(scores, method, granularity, settings.protect)
+              for method in settings.methods for granularity in settings.granularities]
+    orders += [baseline_order(name, granularity, scores["num_layers"], protected)
+               for name in settings.baseline_names for granularity in settings.granularities]
+    prunings = {(order.method, order.granularity, k): Pruning(order.granularity, order.drop_set(k))
+                for order in orders for k in settings.drops}
     return orders, prunings
+
+
+def primary_prunings(prunings: dict[tuple[str, str, int], Pruning], settings: SweepSettings,
+                     num_layers: int) -> set[tuple[str, tuple[int, ...]]]:
+    """The distinct prunings evaluated on ``primary_limit`` examples: the primary methods and the
+    baselines at the headline K, and the dense model."""
+    head = headline_k(settings.drops, num_layers)
+    chosen = {*settings.primary_methods, *settings.baseline_names}
+    return {("dense", ())} | {_pruning_id(p) for (method, _, k), p in prunings.items() if k == head and method in chosen}
 
 
 def sweep_key(scores: Scores, settings: SweepSettings, eval_settings: EvalSettings, identity: dict) -> dict:
@@ -139,7 +178,11 @@ def run_sweep(model: Callable[[], LoadedModel], settings: SweepSettings, eval_se
     scores = scores_for(model, settings, out_dir, identity, progress)
     orders, prunings = plan(scores, settings)
     key = sweep_key(scores, settings, eval_settings, identity)
-    if progress and store.read(sweep_path(out_dir, settings.calibration), key) is None:
+    stored = store.read(sweep_path(out_dir, settings.calibration), key)
+    if stored is not None and not _examples_match(stored, out_dir, settings.calibration):
+        sweep_path(out_dir, settings.calibration).unlink()  # its per-example table is missing or changed
+        stored = None
+    if progress and stored is None:
         distinct = len({_pruning_id(p) for p in prunings.values()})
         print(f"{calibration_label(settings.calibration)}: {distinct} distinct prunings × "
               f"{len(eval_settings.tasks)} tasks = {distinct * len(eval_settings.tasks)} evaluations "
@@ -147,8 +190,10 @@ def run_sweep(model: Callable[[], LoadedModel], settings: SweepSettings, eval_se
 
     def compute() -> dict:
         loaded = model()
-        rows = _evaluate_prunings(loaded, identity["spec"], settings, eval_settings, orders, prunings, out_dir,
-                                  progress)
+        rows, examples = _evaluate_prunings(loaded, identity["spec"], settings, eval_settings, orders, prunings,
+                                            out_dir, progress)
+        path = examples_path(out_dir, settings.calibration)
+        atomic_write_bytes(path, examples.to_parquet(index=False, compression="zstd"))
         content = {"schema": SCHEMA, "created": timestamp(), "model": loaded.provenance(),
                    "settings": _portable(settings), "evaluation": asdict(eval_settings), "environment": environment(),
                    "scores": {"file": scores_path(out_dir, settings.calibration).name,
@@ -156,11 +201,26 @@ def run_sweep(model: Callable[[], LoadedModel], settings: SweepSettings, eval_se
                               "data": {k: v for k, v in scores["data"].items() if k != "windows"}},
                    "orders": [order.to_json() for order in orders],
                    "distinct_prunings": len({_pruning_id(p) for p in prunings.values()}),
-                   "task_data": task_data_notes(eval_settings.tasks, eval_settings.online), "rows": rows}
+                   "task_data": task_data_notes(eval_settings.tasks, eval_settings.online),
+                   "examples": {"file": path.name, "rows": len(examples), "sha256": sha256_file(path)}, "rows": rows}
         write_csv(rows, sweep_path(out_dir, settings.calibration).with_suffix(".csv"))
         return content
 
     return store.cached(sweep_path(out_dir, settings.calibration), key, compute)
+
+
+def _examples_match(sweep: dict, out_dir: Path, calibration: str) -> bool:
+    """Whether the per-example table a stored sweep names is beside it, unchanged."""
+    path = examples_path(out_dir, calibration)
+    return path.exists() and sweep.get("examples", {}).get("sha256") == sha256_file(path)
+
+
+def read_examples(out_dir: Path, calibration: str) -> pd.DataFrame:
+    """The per-example table of the sweep on ``calibration`` in ``out_dir``."""
+    path = examples_path(out_dir, calibration)
+    if not path.exists():
+        raise CompanionError(f"no per-example table {path.name} in {out_dir}: run the sweep first")
+    return pd.read_parquet(path)
 
 
 def _pruning_id(pruning: Pruning) -> tuple[str, tuple[int, ...]]:
@@ -169,38 +229,58 @@ def _pruning_id(pruning: Pruning) -> tuple[str, tuple[int, ...]]:
 
 def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSettings, eval_settings: EvalSettings,
                        orders: list[DropOrder], prunings: dict[tuple[str, str, int], Pruning], out_dir: Path,
-                       progress: bool) -> list[dict]:
-    """Evaluate each distinct pruning once (the dense model once for all) and expand to tidy rows."""
-    cache = out_dir / "evaluations"  # kept beside the results, so committed results make reruns cheap
+                       progress: bool) -> tuple[list[dict], pd.DataFrame]:
+    """Evaluate each distinct pruning once (the dense model once for all); expand to the aggregate rows
+    and the per-example table."""
+    cache = out_dir / "evaluations"  # the result store's entries, beside the results
     distinct = {_pruning_id(p) for p in prunings.values()}
-    results, params = {}, {}
+    primary = primary_prunings(prunings, settings, orders[0].num_layers) if settings.primary_limit else set()
+    wide = replace(eval_settings, limit=settings.primary_limit,
+                   ppl_chunks=settings.primary_ppl_chunks or eval_settings.ppl_chunks)
+    entries, params = {}, {}
     dense_params = count_parameters(loaded.model)
     bar = tqdm(total=len(distinct) * len(eval_settings.tasks), desc="evaluations", unit="eval", disable=not progress)
     for key in sorted(distinct):
         granularity, layers = key
+        chosen = wide if key in primary else eval_settings
         bar.set_postfix_str("dense" if granularity == "dense" else f"{granularity} {' '.join(map(str, layers))}")
         if granularity == "dense":
-            results[key] = evaluate(loaded, eval_settings, cache=cache, done=lambda _: bar.update())
+            entries[key] = evaluate_entries(loaded, chosen, cache=cache, done=lambda _: bar.update())
             params[key] = dense_params
             continue
-        pruning = Pruning(granularity, list(layers))
-        with temporarily_pruned(loaded.model, pruning) as report:  # on a pruned checkpoint: the union
-            results[key] = evaluate(loaded, eval_settings, loaded.model.companion_pruning, cache,
-                                    done=lambda _: bar.update())
+        with temporarily_pruned(loaded.model, Pruning(granularity, list(layers))) as report:
+            entries[key] = evaluate_entries(loaded, chosen, loaded.model.companion_pruning, cache,
+                                            done=lambda _: bar.update())
             params[key] = report["params_after"]
     bar.close()
     protected = {(o.method, o.granularity): " ".join(map(str, o.protected)) for o in orders}
-    rows = []
+    rows, frames = [], []
     for (method, granularity, k), pruning in prunings.items():
         key = _pruning_id(pruning)
-        for row in results[key]:
-            rows.append({"model": model_label, "calibration": calibration_label(settings.calibration), "method": method,
-                         "granularity": granularity, "K": k, "dropped": " ".join(map(str, pruning.layers)),
-                         "protected": protected[(method, granularity)],
-                         "task": row["task"], "metric": row["metric"],
-                         "primary": row["metric"] == primary_metric(row["task"]), "value": row["value"],
-                         "stderr": row["stderr"], "n": row["n"], "params": params[key]})
-    return rows
+        label = {"model": model_label, "calibration": calibration_label(settings.calibration), "method": method,
+                 "granularity": granularity, "K": k}
+        for entry in entries[key]:
+            for row in entry["rows"]:
+                rows.append({**label, "dropped": " ".join(map(str, pruning.layers)),
+                             "protected": protected[(method, granularity)], "task": row["task"],
+                             "metric": row["metric"], "primary": row["metric"] == primary_metric(row["task"]),
+                             "value": row["value"], "stderr": row["stderr"], "n": row["n"], "params": params[key]})
+            frames.append(_example_frame(entry["records"], label))
+    return rows, pd.concat(frames, ignore_index=True)[EXAMPLE_COLUMNS]
+
+
+def _example_frame(records: dict, label: dict) -> pd.DataFrame:
+    """One evaluation's per-example records as tidy rows (choice log-likelihoods as ``loglik:<i>``)."""
+    base = pd.DataFrame({"task": records["task"], "doc_id": records["doc_id"]})
+    parts = [base.assign(metric=metric, value=values) for metric, values in records["metrics"].items()]
+    if records["loglik"]:
+        ll = pd.DataFrame(records["loglik"]).add_prefix("loglik:")
+        long = pd.concat([base, ll], axis=1).melt(["task", "doc_id"], var_name="metric").dropna(subset=["value"])
+        parts.append(long)
+    frame = pd.concat(parts, ignore_index=True)
+    for name, value in label.items():
+        frame[name] = value
+    return frame
 
 
 def task_data_notes(tasks: list[str], online: bool) -> dict[str, str]:

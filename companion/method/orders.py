@@ -2,16 +2,29 @@
 
 A drop order sorts the prunable blocks by score ascending: entropy increase ΔH for entropy methods,
 1 − cos (or the angular distance) for similarity methods; ties go by layer index. Protected layers are
-never dropped. Pure Python (no torch), so the analysis can derive orders from a scores file.
+never dropped, and every criterion of one run protects the same layers: a fixed rule such as the
+paper code's ``first:2,last:1``, or ``auto``, the compression stage detected on the KNN entropy
+profile (:data:`AUTO_REFERENCE`), applied to every criterion alike.
+
+Two null references use the same protected layers: ``random:<seed>`` (a seeded random order of the
+prunable blocks) and ``last`` (the last prunable blocks first). Pure Python (no torch), so the
+analysis can derive orders from a scores file.
 """
 
 from __future__ import annotations
 
+import random
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from companion.errors import CompanionError
 from companion.names import GRANULARITIES
+
+
+AUTO_REFERENCE = "knn"  # the entropy profile whose compression stage ``auto`` protects, for every criterion
+BASELINES = ("random", "last")
+HEADLINE_FRACTION = 12 / 32  # the paper's headline: 12 of 32 attention layers dropped (37.5 %)
 
 
 def compression_stage(profile: list[float]) -> int:
@@ -115,7 +128,40 @@ def drop_order(scores: dict, method: str, granularity: str, protect: str = "auto
     values = [float("nan")] * num_layers
     for row in rows:
         values[row["layer"]] = row["value"]
-    profile = scores["profiles"].get(method)
-    protected = parse_protect(protect, num_layers, profile)
+    protected = protected_layers(scores, protect)
     order = sorted((i for i in range(num_layers) if i not in protected), key=lambda i: (values[i], i))
     return DropOrder(method, granularity, order, protected, values, num_layers)
+
+
+def protected_layers(scores: dict, protect: str) -> list[int]:
+    """The layers ``protect`` shields for every criterion of a scores file (``auto``: the compression
+    stage of the :data:`AUTO_REFERENCE` entropy profile)."""
+    profile = scores["profiles"].get(AUTO_REFERENCE) if protect == "auto" else None
+    if protect == "auto" and profile is None:
+        raise CompanionError(f"--protect auto needs the {AUTO_REFERENCE} entropy profile in the scores file")
+    return parse_protect(protect, scores["num_layers"], profile)
+
+
+def baseline_order(name: str, granularity: str, num_layers: int, protected: Iterable[int]) -> DropOrder:
+    """A null reference's order of the prunable blocks: ``last`` drops the last ones first,
+    ``random:<seed>`` a seeded random permutation (Python's ``random``, so it is stable across versions
+    of numpy and torch)."""
+    prunable = [i for i in range(num_layers) if i not in set(protected)]
+    if name == "last":
+        order = prunable[::-1]
+    elif re.fullmatch(r"random:\d+", name):
+        order = random.Random(int(name.split(":")[1])).sample(prunable, len(prunable))
+    else:
+        raise CompanionError(f"unknown baseline '{name}'; use last or random:<seed>")
+    return DropOrder(name, granularity, order, sorted(set(protected)), [float("nan")] * num_layers, num_layers)
+
+
+def headline_k(drops: Iterable[int], num_layers: int, fraction: float = HEADLINE_FRACTION) -> int:
+    """The K > 0 of ``drops`` closest to fraction × layers (the paper's 12 of 32; 7 of 18), the smaller
+    on a tie; 0 if there is none."""
+    return min((k for k in drops if k > 0), key=lambda k: (abs(k - fraction * num_layers), k), default=0)
+
+
+def drops_for(num_layers: int, fractions: Iterable[float]) -> list[int]:
+    """Drop counts at ``fractions`` of a model's layers, rounded half up, with K = 0 (the dense model)."""
+    return sorted({0} | {int(f * num_layers + 0.5) for f in fractions})
