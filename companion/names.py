@@ -20,6 +20,10 @@ PAPER_TASKS = ("piqa", "hellaswag", "winogrande", "wsc273", "commonsense_qa", "m
                "arc_challenge", "openbookqa", "race")
 GUESSED_PAPER_TASKS = ("boolq", "lambada_openai")
 GUESS_NOTE = "our guess: the paper counts 13 tasks but names 11"
+# Accuracy of guessing uniformly among a task's choices (lambada_openai predicts a word: no floor).
+CHANCE = {"piqa": 0.5, "arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "winogrande": 0.5, "boolq": 0.5,
+          "openbookqa": 0.25, "commonsense_qa": 0.2, "mmlu": 0.25, "cmmlu": 0.25, "race": 0.25, "wsc273": 0.5,
+          "lambada_openai": 0.0}
 
 
 def task_label(task: str) -> str:
