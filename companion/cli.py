@@ -204,12 +204,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import functools
 
     from companion.experiments import plan as planning
-    from companion.experiments.sweep import (
-        SweepSettings,
-        fit_drops,
-        run_sweep,
-        sweep_path,
-    )
+    from companion.experiments.sweep import fit_drops, model_drops, profile_sweep, run_sweep, sweep_path
     from companion.method.calibration import check_available, parse_calibration
     from companion.model.loading import load_model, model_identity
 
@@ -227,16 +222,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         model = functools.lru_cache(maxsize=1)(lambda spec=spec: load_model(spec, prof["device"], prof["dtype"]))
         identity = model_identity(spec, prof["device"], prof["dtype"])
         loaded = model()
-        drops = fit_drops(int_list(args.drops) or prof["drops"], len(_layers(loaded)), protect, model_slug(spec))
-        plan = planning.build_plan([spec], calibrations, samples, seqlen, methods, granularities, drops,
-                                   eval_settings, planning.tokenizer_lengths(loaded.tokenizer))
+        layers = len(_layers(loaded))
+        model_prof = profile(args.profile, spec, device=args.device, dtype=args.dtype)
+        drops = sorted({0, *int_list(args.drops)}) if args.drops else model_drops(model_prof, layers)
+        drops = fit_drops(drops, layers, protect, model_slug(spec))
+        sweeps = [profile_sweep(model_prof, calibration, drops, layers, primary=i == 0, samples=samples,
+                                seqlen=seqlen, seed=args.seed, methods=methods, granularities=granularities,
+                                protect=protect, data_source=args.data_source)
+                  for i, calibration in enumerate(calibrations)]
+        plan = planning.build_plan([spec], sweeps, eval_settings, planning.tokenizer_lengths(loaded.tokenizer))
         throughput = planning.measure_throughput(loaded, planning.typical_length(plan), eval_settings.batch_size)
         print(planning.format_plan(plan, throughput), file=sys.stderr)
-        for calibration in calibrations:
-            settings = SweepSettings(calibration=calibration, samples=samples, seqlen=seqlen,
-                                     seed=prof["seed"] if args.seed is None else args.seed, methods=methods,
-                                     granularities=granularities, drops=drops, protect=protect,
-                                     data_source=args.data_source)
+        for settings in sweeps:
+            calibration = settings.calibration
             out = Path(args.out) / model_slug(spec)
             sweep = run_sweep(model, settings, eval_settings, out, identity, progress=not args.quiet)
             print(f"{sweep_path(out, calibration).with_suffix('.csv')}: {len(sweep['rows'])} rows", file=sys.stderr)

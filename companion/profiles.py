@@ -9,6 +9,14 @@ criterion (``protect``), calibration on C4 *train* shard 0 (``c4:train``: a cali
 the 13 tasks include two the paper does not name (``GUESSED_PAPER_TASKS``), WikiText-2 is the second
 calibration set (the paper also used law and medicine corpora), and K = 0 is added as the reference.
 
+``default`` studies both embedded models with the paper code's protocol (layers 0, 1 and the last
+protected for every criterion) and spends examples where they decide the claims: the dense model, KNN
+and cosine at the headline K (the K closest to 37.5 % of the layers) on ``primary_limit`` examples per
+task; the curves (KNN, cosine, ``last`` and five ``random`` seeds at every K, the K at ``drop_fractions``
+of the model's layers) and the secondary ablations (bucket, Rényi, the second calibration set, at the
+headline K) on ``limit``. ``models_overrides`` adjusts these sizes per model (Gemma-3-270M's 262k-token
+LM head makes its examples about twice as costly).
+
 ``limit`` bounds every task: the examples of each lm-eval task, the perplexity windows, and the timed
 repeats of a speed run (``speed_repeats`` is capped at ``limit``), so a first run with a small limit
 takes minutes. Drop counts larger than a model's prunable layers are clipped to that count, with a
@@ -31,15 +39,20 @@ PROFILES: dict[str, dict] = {
         "methods": ["knn", "bucket", "renyi", "cosine"], "granularities": ["attn", "layer"], "drops": [0, 4],
         "tasks": ["piqa", "wikitext2_ppl"], "limit": 8, "ppl_seqlen": 128, "ppl_chunks": 1,
         "speed_drops": [0, 4], "speed_prompt": 64, "speed_new_tokens": 4, "speed_repeats": 1,
-        "device": "auto", "dtype": "auto", "data_source": "auto", "protect": "auto",
+        "device": "auto", "dtype": "auto", "data_source": "auto", "protect": "first:2,last:1",
+        "curve_methods": ["knn", "cosine"], "primary_methods": ["knn", "cosine"], "baselines": ["random", "last"],
+        "random_seeds": 2, "primary_limit": 12, "primary_ppl_chunks": 2,
     },
     "default": {
-        "models": ["gemma-3-270m"], "calibrations": ["wikitext2", "c4"], "samples": 64, "seqlen": 256, "seed": 2024,
-        "methods": ["knn", "bucket", "renyi", "cosine"], "granularities": ["attn", "layer"], "drops": [0, 4, 8],
-        "tasks": ["piqa", "arc_easy", "hellaswag", "winogrande", "wikitext2_ppl"], "limit": 60,
-        "ppl_seqlen": 512, "ppl_chunks": 4,
+        "models": ["gemma-3-270m", "smollm2-135m"], "calibrations": ["c4", "wikitext2"], "samples": 64, "seqlen": 256,
+        "seed": 2024, "methods": ["knn", "bucket", "renyi", "cosine"], "granularities": ["attn", "layer"],
+        "drop_fractions": [0.125, 0.25, 0.375, 0.5, 0.625], "curve_methods": ["knn", "cosine"],
+        "primary_methods": ["knn", "cosine"], "baselines": ["random", "last"], "random_seeds": 5,
+        "tasks": ["piqa", "arc_easy", "hellaswag", "winogrande", "wikitext2_ppl"], "limit": 12, "primary_limit": 250,
+        "ppl_seqlen": 512, "ppl_chunks": 1, "primary_ppl_chunks": 16,
         "speed_drops": [0, 4, 8], "speed_prompt": 256, "speed_new_tokens": 32, "speed_repeats": 3,
-        "device": "auto", "dtype": "auto", "data_source": "auto", "protect": "auto",
+        "device": "auto", "dtype": "auto", "data_source": "auto", "protect": "first:2,last:1",
+        "models_overrides": {"gemma-3-270m": {"limit": 10, "primary_limit": 100}},
     },
     "paper": {
         "models": ["meta-llama/Llama-3.1-8B", "mistralai/Mistral-7B-v0.3"], "calibrations": ["c4:train", "wikitext2"],
@@ -49,15 +62,22 @@ PROFILES: dict[str, dict] = {
         "limit": None, "ppl_seqlen": 2048, "ppl_chunks": None,
         "speed_drops": [0, 4, 8, 12, 16], "speed_prompt": 1024, "speed_new_tokens": 128, "speed_repeats": 10,
         "device": "auto", "dtype": "float16", "data_source": "auto", "protect": "first:2,last:1",
+        "baselines": ["random", "last"], "random_seeds": 5,
     },
 }
 
 
-def profile(name: str, **overrides) -> dict:
-    """The settings of profile ``name`` with non-empty ``overrides`` applied."""
+OPTIONAL = {"drop_fractions": None, "curve_methods": None, "primary_methods": [], "baselines": [], "random_seeds": 0,
+            "primary_limit": None, "primary_ppl_chunks": None, "models_overrides": {}}
+
+
+def profile(name: str, model: str | None = None, **overrides) -> dict:
+    """The settings of profile ``name`` (for ``model``, with its ``models_overrides``) with non-empty
+    ``overrides`` applied."""
     if name not in PROFILES:
         raise CompanionError(f"unknown profile '{name}'; choose from {', '.join(PROFILES)}")
-    settings = dict(PROFILES[name])
+    settings = {**OPTIONAL, **PROFILES[name]}
+    settings.update(settings["models_overrides"].get(model, {}))
     settings.update({k: v for k, v in overrides.items() if v not in (None, "", [])})
     return settings
 

@@ -158,10 +158,11 @@ def test_method_correlation_matrix_and_rank_table():
     assert json.loads(json.dumps(matrix.to_dict())) == {"knn": {"knn": 1.0, "cosine": pytest.approx(rho)},
                                                         "cosine": {"knn": pytest.approx(rho), "cosine": 1.0}}
     ranks = tables.rank_table(scores, ["knn", "cosine"], "attn")
-    # knn protects its compression stage (layers 0, 1); its drop order is 3, 4, 2, 5
-    assert np.isnan(ranks.loc[0, "knn"]) and np.isnan(ranks.loc[1, "knn"])
+    # auto protects KNN's compression stage (layers 0, 1) for both criteria; knn drops 3, 4, 2, 5
+    assert ranks.loc[[0, 1]].isna().all().all()
     assert ranks["knn"].tolist()[2:] == [3, 1, 2, 4]
-    assert ranks["cosine"].tolist() == [6, 3, 4, 1, 2, 5]
+    assert ranks["cosine"].tolist()[2:] == [3, 1, 2, 4]
+    assert tables.rank_table(scores, ["cosine"], "attn", protect="none")["cosine"].tolist() == [6, 3, 4, 1, 2, 5]
 
 
 def test_jaccard_and_drop_set_overlap():
@@ -175,7 +176,7 @@ def test_jaccard_and_drop_set_overlap():
     assert table.loc[1, "a"] == "3 4" and table.loc[1, "b"] == "3 5" and table.loc[1, "common"] == 1
     assert tables.drop_set_overlap(a, b, ks=[0, 2, 9])["K"].tolist() == [0, 2]
     scores = fake_scores()
-    knn, cos = drop_order(scores, "knn", "attn"), drop_order(scores, "cosine", "attn")
+    knn, cos = drop_order(scores, "knn", "attn", "none"), drop_order(scores, "cosine", "attn", "none")
     assert tables.drop_set_overlap(knn, cos, [2, 3])["jaccard"].tolist() == pytest.approx([1.0, 0.5])
 
 
@@ -439,8 +440,8 @@ def test_criteria_numbers_of_known_orders():
     # knn protects layers 0, 1 and drops 3, 4, 2, 5; on those layers both rank 3, 1, 2, 4
     assert numbers["spearman_prunable_attn"] == pytest.approx(1)
     assert numbers["jaccard_attn_kmax"] == 1
-    # cosine drops 3, 4, 1, 2: Jaccard 1, 1, 2/4, 3/5 at K = 1..4
-    assert numbers["jaccard_attn_mean"] == pytest.approx((1 + 1 + 0.5 + 0.6) / 4)
+    # under the same protection cosine drops 3, 4, 2, 5 too: Jaccard 1 at K = 1..4
+    assert numbers["jaccard_attn_mean"] == pytest.approx(1)
     assert math.isnan(findings.criteria_numbers(scores, ["attn"], k_max=9)["jaccard_attn_kmax"])
 
 

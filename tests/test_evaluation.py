@@ -104,14 +104,29 @@ def _scores(num_layers: int = 4) -> dict:
     return {"num_layers": num_layers, "blocks": blocks, "profiles": {"knn": [1.0, 2.0, 3.0, 4.0, 5.0]}}
 
 
+def test_every_order_protects_the_same_layers_and_the_baselines_are_planned():
+    scores = {"num_layers": 6, "blocks": [{"layer": i, "granularity": g, "method": m, "value": float((i * 7 + len(m)) % 5)}
+                                       for m in ("knn", "cosine") for g in ("attn", "layer") for i in range(6)],
+              "profiles": {"knn": [3.0, 2.0, 1.0, 2.0, 3.0, 4.0, 5.0]}}
+    for protect, protected in (("first:2,last:1", [0, 1, 5]), ("auto", [0, 1]), ("none", [])):
+        settings = SweepSettings(methods=["knn", "cosine"], drops=[0, 1, 2], protect=protect, random_seeds=3)
+        orders, prunings = plan(scores, settings)
+        assert {o.method for o in orders} == {"knn", "cosine", "random:0", "random:1", "random:2", "last"}
+        assert all(o.protected == protected for o in orders)  # one protocol for criteria and baselines alike
+        assert all(not set(p.layers) & set(protected) for p in prunings.values())
+        last = next(o for o in orders if o.method == "last" and o.granularity == "attn")
+        assert last.drop_set(2) == sorted(i for i in range(6) if i not in protected)[-2:]
+    assert len({tuple(o.order) for o in orders if o.method.startswith("random:") and o.granularity == "attn"}) == 3
+
+
 def test_plan_and_sweep_evaluate_each_distinct_pruning_once(tmp_path, counted, monkeypatch):
     settings = SweepSettings(calibration="toy", methods=["knn", "cosine"], granularities=["attn", "layer"],
-                             drops=[0, 1, 2])
+                             drops=[0, 1, 2], protect="auto", baselines=[])
     orders, prunings = plan(_scores(), settings)
     assert prunings[("knn", "attn", 1)].layers == [1] and prunings[("cosine", "attn", 2)].layers == [1, 2]
     assert len(orders) == 4 and orders[0].protected == []
     with pytest.raises(CompanionError, match="cannot drop 5"):
-        plan(_scores(), SweepSettings(methods=["knn"], granularities=["attn"], drops=[5]))
+        plan(_scores(), SweepSettings(methods=["knn"], granularities=["attn"], drops=[5], protect="auto"))
     scores = {**_scores(), "created": "now", "data": {"source": "toy"}, "key_sha256": "0" * 64}
     monkeypatch.setattr("companion.experiments.sweep.scores_for", lambda *a, **k: scores)
     loaded = _loaded()

@@ -32,7 +32,7 @@ def test_paper_profile_follows_the_released_code():
     assert paper["drops"] == [0, 4, 8, 12, 16]
     assert paper["tasks"] == [*PAPER_TASKS, *GUESSED_PAPER_TASKS, PERPLEXITY_TASK] and len(paper["tasks"]) == 14
     assert profile("paper", dtype="bf16")["dtype"] == "bf16"
-    assert {PROFILES[name]["protect"] for name in ("smoke", "default")} == {"auto"}
+    assert {PROFILES[name]["protect"] for name in PROFILES} == {"first:2,last:1"}  # one protocol for every criterion
     assert resolve_dtype("float16", torch.device("cpu")) is torch.float16  # fp16 runs on CPU too
 
 
@@ -81,7 +81,18 @@ def test_perplexity_evaluates_at_most_limit_windows(tmp_path):
 
 
 def test_counting_arithmetic():
-    assert planning.pruning_upper_bound(2, 4, 2, [0, 4, 8, 12, 16]) == 1 + 2 * 4 * 2 * 4
+    from companion.experiments.sweep import SweepSettings
+
+    plain = [SweepSettings(calibration=c, methods=["knn", "bucket", "renyi", "cosine"], drops=[0, 4, 8, 12, 16],
+                           baselines=[]) for c in ("c4", "wikitext2")]
+    assert planning.pruning_upper_bound(plain) == (1 + 2 * 4 * 2 * 4, 0)
+    tiered = [SweepSettings(calibration="c4", methods=["knn", "bucket", "cosine"], drops=[0, 2, 4, 6],
+                            curve_methods=["knn", "cosine"], primary_methods=["knn", "cosine"], primary_limit=100),
+              SweepSettings(calibration="wikitext2", methods=["knn", "bucket", "cosine"], drops=[0, 2],
+                            curve_methods=["knn", "cosine"])]
+    # dense + c4: 2 curves × 2 granularities × 3 K + bucket at the headline + wikitext2: 3 methods × 2 × 1
+    # + baselines once: 6 orders (random:0-4, last) × 2 granularities × 3 K; primary: dense + 2 × 2
+    assert planning.pruning_upper_bound(tiered) == (1 + 12 + 2 + 6 + 36, 5)
     assert planning.perplexity_windows(10_000, 2048, None) == 4
     assert planning.perplexity_windows(10_000, 2048, 2) == 2
     words = lambda texts: [len(t.split()) for t in texts]  # noqa: E731

@@ -20,7 +20,7 @@ import pandas as pd
 from companion.analysis.tables import speed_frame, sweep_frame
 from companion.errors import CompanionError
 from companion.experiments.evaluation import EvalSettings
-from companion.experiments.sweep import SweepSettings, fit_drops
+from companion.experiments.sweep import SweepSettings, fit_drops, model_drops, profile_sweep
 from companion.names import (
     ENTROPY_METHODS,
     GRANULARITIES,
@@ -65,6 +65,10 @@ class Run:
     results_dir: Path
     data_source: str = "auto"
     protect: str = "auto"
+    models: list[str] = field(default_factory=list)
+    num_layers: int | None = None
+    settings: dict = field(default_factory=dict, repr=False)
+    parameters: dict = field(default_factory=dict, repr=False)
     _loaded: Any = field(default=None, repr=False, compare=False)
     _identity: Any = field(default=None, repr=False, compare=False)
 
@@ -93,11 +97,18 @@ class Run:
         """The largest number of dropped blocks of the sweep."""
         return max(self.drops)
 
+    def for_model(self, model: str) -> Run:
+        """The same run for another of the profile's models (its own drop counts and example sizes)."""
+        return self if model == self.model else resolve_parameters({**self.parameters, "model": model})
+
     def sweep_settings(self, calibration: str | None = None) -> SweepSettings:
-        """The sweep every notebook runs on ``calibration`` (identical settings, so caches are shared)."""
-        return SweepSettings(calibration=calibration or self.calibration, samples=self.samples, seqlen=self.seqlen,
+        """The sweep every notebook runs on ``calibration`` (identical settings, so caches are shared):
+        on the first calibration set every K with the primary tier, on the others the headline K."""
+        calibration = calibration or self.calibration
+        return profile_sweep(self.settings, calibration, list(self.drops), self.num_layers,
+                             primary=calibration == self.calibration, samples=self.samples, seqlen=self.seqlen,
                              seed=self.seed, methods=list(self.methods), granularities=list(self.granularities),
-                             drops=list(self.drops), protect=self.protect, data_source=self.data_source)
+                             protect=self.protect, data_source=self.data_source)
 
     def eval_settings(self) -> EvalSettings:
         """The evaluation settings of the run's sweeps."""
@@ -170,30 +181,28 @@ def resolve_parameters(values: Mapping[str, Any]) -> Run:
     """
     get = {name: values.get(name) for name in PARAMETERS}
     name = get["profile"] or "smoke"
-    prof = profile_settings(name, device=get["device"], dtype=get["dtype"], data_source=get["data_source"])
+    models = [get["model"]] if get["model"] else list(profile_settings(name)["models"])
+    model = models[0]
+    prof = profile_settings(name, model, device=get["device"], dtype=get["dtype"], data_source=get["data_source"])
     chosen = {key: int(get[key]) for key in ("samples", "seqlen", "seed", "limit") if get[key] is not None}
     bad = [key for key in ("samples", "seqlen") if key in chosen and chosen[key] < 1]
     if bad or chosen.get("limit", 1) == 0 or chosen.get("limit", 1) < -1:
         raise CompanionError(f"parameter {(bad or ['limit'])[0]} must be positive (limit: -1 for all examples)")
-    model = get["model"] or prof["models"][0]
     granularities = csv_list(get["granularities"]) or list(prof["granularities"])
     bad = [g for g in granularities if g not in GRANULARITIES]
     if bad:
         raise CompanionError(f"unknown granularity '{bad[0]}'; choose from {', '.join(GRANULARITIES)}")
-    drops = int_list(get["drops"]) or list(prof["drops"])
-    if 0 not in drops:
-        drops = [0, *drops]  # retention needs the dense model
+    from companion.model.loading import model_num_layers
+
+    layers = model_num_layers(model)
+    drops = sorted({0, *int_list(get["drops"])}) if get["drops"] else model_drops(prof, layers)  # 0: the dense model
     limit = chosen.get("limit", prof["limit"])
     limit = None if limit == -1 else limit
     protect = prof["protect"]
     speed_drops = sorted(set(prof["speed_drops"]))
-    if protect != "auto":
-        from companion.model.loading import model_num_layers
-
-        layers = model_num_layers(model)
-        if layers is not None:
-            drops = fit_drops(drops, layers, protect, model_slug(model))
-            speed_drops = fit_drops(speed_drops, layers, protect, note=False)
+    if protect != "auto" and layers is not None:
+        drops = fit_drops(drops, layers, protect, model_slug(model))
+        speed_drops = fit_drops(speed_drops, layers, protect, note=False)
     results_dir = Path(get["results_dir"] or "results")
     return Run(
         profile=name, model=model, device=prof["device"], dtype=prof["dtype"],
@@ -205,7 +214,7 @@ def resolve_parameters(values: Mapping[str, Any]) -> Run:
         speed_drops=speed_drops, speed_prompt=prof["speed_prompt"], speed_new_tokens=prof["speed_new_tokens"],
         speed_repeats=prof["speed_repeats"] if limit is None else min(prof["speed_repeats"], limit),
         out_dir=results_dir / name / model_slug(model), results_dir=results_dir, data_source=prof["data_source"],
-        protect=protect,
+        protect=protect, models=models, num_layers=layers, settings=prof, parameters=dict(get),
     )
 
 
@@ -269,8 +278,7 @@ def run_plan(run: Run, models: Sequence[str], lengths) -> Any:
     from companion.experiments.plan import build_plan
 
     speed = speed_settings(run, "knn", ("attn", "layer"))
-    return build_plan(models, run.calibrations, run.samples, run.seqlen, run.methods, run.granularities, run.drops,
-                      run.eval_settings(), lengths,
+    return build_plan(models, [run.sweep_settings(c) for c in run.calibrations], run.eval_settings(), lengths,
                       {"granularities": speed["granularities"], "drops": speed["drops"], "prompt": run.speed_prompt,
                        "new_tokens": run.speed_new_tokens, "warmup": SPEED_WARMUP, "repeats": run.speed_repeats})
 

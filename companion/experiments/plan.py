@@ -2,10 +2,11 @@
 
 A plan counts, per model: the calibration forward passes (calibration sets × samples × seqlen tokens),
 the prunings to evaluate (before scoring only an upper bound is known: the dense model plus one per
-calibration set × method × granularity × K > 0; after scoring, the sweep prints the exact number of
-distinct dropped sets), and per task the documents, lm-eval requests and tokens one evaluation
-forwards (:func:`count_task`, from lm-eval's own requests, so ``limit`` is respected), plus the speed
-runs of the speedup notebook.
+sweep × order × granularity × K > 0 that the sweep evaluates, the baselines once for all sweeps; after
+scoring, the sweep prints the exact number of distinct dropped sets), split into the primary tier
+(evaluated on ``primary_limit`` examples) and the rest, and per task the documents, lm-eval requests
+and tokens one evaluation of each tier forwards (:func:`count_task`, from lm-eval's own requests, so
+the limit is respected), plus the speed runs of the speedup notebook.
 
 The time is an **estimate**: tokens divided by a throughput, which is either measured on the loaded
 model (:func:`measure_throughput`: a few timed forward passes at the evaluation's typical length and a
@@ -22,7 +23,7 @@ import io
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from companion.errors import CompanionError
 from companion.names import GUESS_NOTE, GUESSED_PAPER_TASKS, PERPLEXITY_TASK
@@ -64,6 +65,9 @@ class Plan:
     exact: bool
     tasks: list[TaskCount]
     limit: int | None
+    primary_prunings: int = 0
+    primary_tasks: list[TaskCount] = field(default_factory=list)
+    primary_limit: int | None = None
     speed_runs: int = 0
     speed_prompt: int = 0
     speed_new_tokens: int = 0
@@ -77,13 +81,31 @@ class Plan:
 
     @property
     def tokens_per_pruning(self) -> int:
-        """Tokens forwarded to evaluate one pruning on every task."""
+        """Tokens forwarded to evaluate one pruning on every task (outside the primary tier)."""
         return sum(t.tokens for t in self.tasks)
 
+    @property
+    def tokens(self) -> int:
+        """Tokens forwarded by all evaluations of one model, both tiers."""
+        primary = sum(t.tokens for t in self.primary_tasks)
+        return (self.prunings - self.primary_prunings) * self.tokens_per_pruning + self.primary_prunings * primary
 
-def pruning_upper_bound(calibrations: int, methods: int, granularities: int, drops: Iterable[int]) -> int:
-    """Distinct prunings at most: the dense model, plus one per calibration × method × granularity × K > 0."""
-    return 1 + calibrations * methods * granularities * len({k for k in drops if k > 0})
+
+def pruning_upper_bound(sweeps: Sequence) -> tuple[int, int]:
+    """Distinct prunings at most, and how many of them are in the primary tier, over ``sweeps``
+    (``SweepSettings``): the dense model, one per criterion × granularity × K > 0 that each sweep
+    evaluates (criteria outside ``curve_methods`` at the headline K only), and the baselines once."""
+    total, primary, baselines = 1, 0, set()
+    for sweep in sweeps:
+        ks = [k for k in sweep.drops if k > 0]
+        heads = min(len(ks), 1)
+        curve = sweep.methods if sweep.curve_methods is None else [m for m in sweep.methods if m in sweep.curve_methods]
+        total += len(sweep.granularities) * (len(curve) * len(ks) + (len(sweep.methods) - len(curve)) * heads)
+        if sweep.primary_limit:
+            primary += len(sweep.granularities) * len(set(sweep.primary_methods) & set(sweep.methods)) * heads
+        baselines |= {(name, g, k) for name in sweep.baseline_names for g in sweep.granularities for k in ks}
+    tiered = any(sweep.primary_limit for sweep in sweeps)
+    return total + len(baselines), primary + tiered
 
 
 def perplexity_windows(total_tokens: int, seqlen: int, cap: int | None) -> int:
@@ -137,15 +159,21 @@ def count_task(task: str, settings, lengths: Lengths) -> TaskCount:
     return TaskCount(task, docs, requests, tokens)
 
 
-def build_plan(models: Sequence[str], calibrations: Sequence[str], samples: int, seqlen: int, methods: Sequence[str],
-               granularities: Sequence[str], drops: Iterable[int], eval_settings, lengths: Lengths,
+def build_plan(models: Sequence[str], sweeps: Sequence, eval_settings, lengths: Lengths,
                speed: dict | None = None) -> Plan:
-    """The plan of a run: ``eval_settings`` (``EvalSettings``) gives tasks and limit; ``speed`` (optional)
-    holds the speed runs' ``granularities``, ``drops``, ``prompt``, ``new_tokens``, ``warmup``, ``repeats``."""
+    """The plan of a run of ``sweeps`` (``SweepSettings``, one per calibration set): ``eval_settings``
+    (``EvalSettings``) gives tasks and limit; ``speed`` (optional) holds the speed runs' ``granularities``,
+    ``drops``, ``prompt``, ``new_tokens``, ``warmup``, ``repeats``."""
     eval_settings.validate()
-    plan = Plan(list(models), list(calibrations), samples, seqlen,
-                pruning_upper_bound(len(calibrations), len(methods), len(granularities), drops), False,
+    prunings, primary = pruning_upper_bound(sweeps)
+    first = sweeps[0]
+    plan = Plan(list(models), [s.calibration for s in sweeps], first.samples, first.seqlen, prunings, False,
                 [count_task(task, eval_settings, lengths) for task in eval_settings.tasks], eval_settings.limit)
+    if primary and first.primary_limit:
+        wide = replace(eval_settings, limit=first.primary_limit,
+                       ppl_chunks=first.primary_ppl_chunks or eval_settings.ppl_chunks)
+        plan.primary_prunings, plan.primary_limit = primary, first.primary_limit
+        plan.primary_tasks = [count_task(task, wide, lengths) for task in wide.tasks]
     if speed:
         plan.speed_runs = len(speed["granularities"]) * len(set(speed["drops"]) | {0})
         plan.speed_prompt, plan.speed_new_tokens = speed["prompt"], speed["new_tokens"]
@@ -159,7 +187,7 @@ def estimate_seconds(plan: Plan, throughput: Throughput) -> dict[str, float]:
     if tps <= 0:
         raise CompanionError("the throughput must be positive")
     scoring = len(plan.calibrations) * plan.samples * plan.seqlen / tps
-    evaluation = plan.prunings * plan.tokens_per_pruning / tps
+    evaluation = plan.tokens / tps
     speed = plan.speed_runs * plan.speed_timed * (
         plan.speed_prompt / tps + max(plan.speed_new_tokens - 1, 0) * throughput.decode_step_seconds)
     per_model = scoring + evaluation + speed
@@ -259,6 +287,10 @@ def format_plan(plan: Plan, throughput: Throughput | None = None) -> str:
         lines.append(f"    * {GUESS_NOTE}")
     lines.append(f"  evaluations per model: {bound}{plan.evaluations} (pruning, task); "
                  f"{plan.tokens_per_pruning:,} tokens per pruning")
+    if plan.primary_prunings:
+        primary = sum(t.tokens for t in plan.primary_tasks)
+        lines.append(f"  of which the primary tier: {plan.primary_prunings} prunings on {plan.primary_limit} examples "
+                     f"per task, {primary:,} tokens per pruning")
     if plan.speed_runs:
         lines.append(f"  speed: {plan.speed_runs} runs × {plan.speed_timed} (warm-up + timed) of a "
                      f"{plan.speed_prompt}-token prompt and {plan.speed_new_tokens} generated tokens")

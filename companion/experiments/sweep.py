@@ -7,8 +7,7 @@ and the null references, ``random:<seed>`` drop sets and ``last`` (the last prun
 evaluated beside the criteria. One progress bar counts every (pruning, task) evaluation of the sweep.
 
 Examples are spent where they decide the claims: the ``primary_methods`` at the headline K (the K
-closest to 37.5 % of the layers), the dense model and the baselines at that K are evaluated on
-``primary_limit`` examples per task (and ``primary_ppl_chunks`` perplexity windows); every other
+closest to 37.5 % of the layers) and the dense model are evaluated on ``primary_limit`` examples per task (and ``primary_ppl_chunks`` perplexity windows); every other
 pruning on the evaluation settings' ``limit``. The smaller sample is a subset of the larger one.
 
 A sweep writes two tables: the aggregate one (``sweep_<calibration>.json``/``.csv``, one row per
@@ -40,7 +39,15 @@ from companion.experiments.evaluation import task_data as evaluation_task_data
 from companion.experiments.tasks import offline_differences
 from companion.io import atomic_write_bytes, atomic_write_text, sha256_file
 from companion.method.calibration import load_documents
-from companion.method.orders import DropOrder, baseline_order, drop_order, headline_k, parse_protect, protected_layers
+from companion.method.orders import (
+    DropOrder,
+    baseline_order,
+    drop_order,
+    drops_for,
+    headline_k,
+    parse_protect,
+    protected_layers,
+)
 from companion.method.scoring import Scores, ScoreSettings, cached_scores
 from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning, count_parameters, temporarily_pruned
@@ -71,12 +78,38 @@ class SweepSettings:
     primary_methods: list[str] = field(default_factory=list)
     primary_limit: int | None = None
     primary_ppl_chunks: int | None = None
+    curve_methods: list[str] | None = None
 
     @property
     def baseline_names(self) -> list[str]:
         """The baseline orders: ``random:0`` … ``random:<seeds-1>`` and ``last``, as chosen."""
         names = [f"random:{seed}" for seed in range(self.random_seeds)] if "random" in self.baselines else []
         return names + (["last"] if "last" in self.baselines else [])
+
+
+def model_drops(prof: dict, num_layers: int | None) -> list[int]:
+    """A profile's drop counts for a model: at its ``drop_fractions`` of the layers where the profile
+    gives fractions (and the layers are known), else its ``drops``; always with K = 0."""
+    if prof.get("drop_fractions") and num_layers is not None:
+        return drops_for(num_layers, prof["drop_fractions"])
+    return sorted({0, *prof.get("drops", [])})
+
+
+def profile_sweep(prof: dict, calibration: str, drops: list[int], num_layers: int | None, primary: bool,
+                  **overrides) -> SweepSettings:
+    """The sweep a profile runs on ``calibration``: on its primary calibration set every drop count and
+    the primary tier; on the others the headline K only (and the dense model), on ``limit`` examples."""
+    if not primary and num_layers is not None:
+        drops = sorted({0, headline_k(drops, num_layers)})
+    settings = SweepSettings(calibration=calibration, samples=prof["samples"], seqlen=prof["seqlen"], seed=prof["seed"],
+                             methods=list(prof["methods"]), granularities=list(prof["granularities"]), drops=drops,
+                             protect=prof["protect"], data_source=prof["data_source"],
+                             baselines=list(prof["baselines"]), random_seeds=prof["random_seeds"],
+                             primary_methods=list(prof["primary_methods"]),
+                             primary_limit=prof["primary_limit"] if primary else None,
+                             primary_ppl_chunks=prof["primary_ppl_chunks"] if primary else None,
+                             curve_methods=prof["curve_methods"])
+    return replace(settings, **{k: v for k, v in overrides.items() if v not in (None, "", [])})
 
 
 def calibration_label(calibration: str) -> str:
@@ -131,23 +164,27 @@ def scores_for(model: Callable[[], LoadedModel], settings: SweepSettings, out_di
 
 def plan(scores: Scores, settings: SweepSettings) -> tuple[list[DropOrder], dict[tuple[str, str, int], Pruning]]:
     """Every drop order (criteria, then baselines) and the pruning of every (method, granularity, K);
-    checks all K before evaluating. Every order protects the same layers."""
+    checks all K before evaluating. Every order protects the same layers. Methods outside
+    ``curve_methods`` (when set) are evaluated at K = 0 and the headline K only."""
     protected = protected_layers(scores, settings.protect)
     orders = [drop_order(scores, method, granularity, settings.protect)
               for method in settings.methods for granularity in settings.granularities]
     orders += [baseline_order(name, granularity, scores["num_layers"], protected)
                for name in settings.baseline_names for granularity in settings.granularities]
+    head = headline_k(settings.drops, scores["num_layers"])
+    curve = set(settings.methods if settings.curve_methods is None else settings.curve_methods)
+    curve |= set(settings.baseline_names)
     prunings = {(order.method, order.granularity, k): Pruning(order.granularity, order.drop_set(k))
-                for order in orders for k in settings.drops}
+                for order in orders for k in settings.drops if order.method in curve or k in (0, head)}
     return orders, prunings
 
 
 def primary_prunings(prunings: dict[tuple[str, str, int], Pruning], settings: SweepSettings,
                      num_layers: int) -> set[tuple[str, tuple[int, ...]]]:
-    """The distinct prunings evaluated on ``primary_limit`` examples: the primary methods and the
-    baselines at the headline K, and the dense model."""
+    """The distinct prunings evaluated on ``primary_limit`` examples: the primary methods at the
+    headline K, and the dense model."""
     head = headline_k(settings.drops, num_layers)
-    chosen = {*settings.primary_methods, *settings.baseline_names}
+    chosen = set(settings.primary_methods)
     return {("dense", ())} | {_pruning_id(p) for (method, _, k), p in prunings.items() if k == head and method in chosen}
 
 
