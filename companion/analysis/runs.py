@@ -21,6 +21,7 @@ from companion.analysis.tables import speed_frame, sweep_frame
 from companion.errors import CompanionError
 from companion.experiments.evaluation import EvalSettings
 from companion.experiments.sweep import SweepSettings, fit_drops
+from companion.model.embedded import describe_model
 from companion.names import (
     ENTROPY_METHODS,
     GRANULARITIES,
@@ -142,10 +143,16 @@ class Run:
             text += f"; WikiText-2 perplexity over {windows} of {self.ppl_seqlen} tokens"
         return text
 
+    def describe_model(self, scores: Mapping[str, Any] | None = None) -> str:
+        """The model in words (the embedded registry's description), with its embedding and per-layer
+        share of the parameters when ``scores`` (whose ``model`` provenance counts them) are given."""
+        parameters = (scores or {}).get("model", {}).get("parameters")
+        return describe_model(self.model, parameters)
+
     def caption(self, calibration: str | Sequence[str] | None = None, evaluation: bool = False) -> str:
         """The caption text of a figure: model, profile, calibration set and sizes, evaluation limits."""
         cals = [calibration] if isinstance(calibration, str) else list(calibration or [self.calibration])
-        text = (f"Model {self.model} (profile '{self.profile}'). Calibration "
+        text = (f"Model {self.describe_model()} (profile '{self.profile}'). Calibration "
                 + "; ".join(self.describe_calibration(c) for c in cals) + ".")
         if evaluation:
             text += f" Evaluation: {self.describe_evaluation()}. Drop counts K = {', '.join(map(str, self.drops))}."
@@ -154,7 +161,7 @@ class Run:
     def describe_speed(self) -> str:
         """The timing setup in words."""
         device, dtype = self.resolved_device_dtype()
-        return (f"Model {self.model} (profile '{self.profile}') on {device} ({dtype}): prompt of {self.speed_prompt} "
+        return (f"Model {self.describe_model()} (profile '{self.profile}') on {device} ({dtype}): prompt of {self.speed_prompt} "
                 f"tokens, {self.speed_new_tokens} generated tokens, batch {SPEED_BATCH_SIZE}, median of "
                 f"{self.speed_repeats} timed runs after {SPEED_WARMUP} warm-up.")
 
