@@ -23,7 +23,7 @@ from companion.experiments.evaluation import EvalSettings
 from companion.experiments.sweep import SweepSettings, fit_drops
 from companion.model.embedded import describe_model
 from companion.names import (
-    ENTROPY_METHODS,
+    ALL_ENTROPY_METHODS,
     GRANULARITIES,
     PERPLEXITY_TASK,
     SIMILARITY_METHODS,
@@ -76,8 +76,8 @@ class Run:
 
     @property
     def entropy_methods(self) -> list[str]:
-        """The entropy estimators among the run's methods."""
-        return [m for m in self.methods if m in ENTROPY_METHODS]
+        """The entropy estimators among the run's methods (diagnostics included when asked for)."""
+        return [m for m in self.methods if m in ALL_ENTROPY_METHODS]
 
     @property
     def similarity_methods(self) -> list[str]:
