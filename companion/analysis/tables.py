@@ -352,6 +352,28 @@ def speed_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return frame.sort_values(["granularity", "K"]).reset_index(drop=True)
 
 
+def decode_bytes_speedup(speed: pd.DataFrame) -> pd.Series:
+    """The decode speedup predicted by the bytes each generated token reads, per row of a speed table:
+    (weights + KV cache) of the dense model over (weights of the kept layers + their KV cache), within
+    each granularity. Decoding one token at batch 1 is bound by memory traffic, not FLOPs; the KV cache
+    is taken at the end of a run (its largest size), so this slightly overweights it."""
+    traffic = speed["weights_bytes"] + speed["kv_cache_bytes"]
+    dense = speed[speed["K"] == 0].set_index("granularity")
+    base = speed["granularity"].map(dense["weights_bytes"] + dense["kv_cache_bytes"]).astype(float)
+    return base / traffic
+
+
+def cache_layers(speed: pd.DataFrame) -> int:
+    """The number of layers holding a KV cache in the dense model, from the attention rows of a speed
+    table: dropping K attention sub-layers keeps (L − K)/L of the cache, so L = K / (1 − ratio)."""
+    rows = speed[(speed["granularity"] == "attn") & (speed["K"] > 0)]
+    if rows.empty:
+        raise CompanionError("no attention rows with K > 0 to count the layers from")
+    row = rows.iloc[-1]
+    dense = float(speed[(speed["granularity"] == "attn") & (speed["K"] == 0)]["kv_cache_bytes_expected"].iloc[0])
+    return round(row["K"] / (1 - row["kv_cache_bytes_expected"] / dense))
+
+
 def speedup_efficiency(measured: float, expected: float) -> float:
     """Share of the FLOP-proportional gain that was measured: (measured − 1) / (expected − 1)."""
     return (measured - 1) / (expected - 1) if expected != 1 else float("nan")
