@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from companion.analysis import figures, findings, runs, tables, verdicts
+from companion.analysis import diagnostics, figures, findings, runs, tables, verdicts
 from companion.errors import CompanionError
 from companion.method.orders import DropOrder, drop_order
 
@@ -602,6 +602,29 @@ def test_speed_numbers_of_known_speedups():
     attn_only = findings.speed_numbers(speed[speed["granularity"] == "attn"])
     assert math.isnan(attn_only["layer_prefill_speedup"]) and attn_only["layer_decode_verdict"] == "not measured"
     assert math.isnan(attn_only["layer_params_ratio"])
+
+
+def test_decode_bytes_and_gpu_setting_numbers(tmp_path):
+    # 8 layers; K = 2 attention sub-layers keep 6/8 of the cache, 2 layers drop 2/8 of the layer weights
+    def row(g, k, weights, kv):
+        return {"granularity": g, "K": k, "weights_bytes": weights, "kv_cache_bytes": kv,
+                "kv_cache_bytes_expected": kv, "decode_tps": 10.0}
+
+    speed = pd.DataFrame([row("attn", 0, 900e6, 100e6), row("attn", 2, 850e6, 75e6),
+                          row("layer", 0, 900e6, 100e6), row("layer", 2, 700e6, 75e6)])
+    np.testing.assert_allclose(tables.decode_bytes_speedup(speed), [1, 1000 / 925, 1, 1000 / 775])
+    assert tables.cache_layers(speed) == 8
+    numbers = diagnostics.decode_bytes_numbers(speed, prefix="gpu_")
+    assert numbers["gpu_attn_decode_bytes_expected"] == pytest.approx(1000 / 925)
+    assert numbers["gpu_dense_gb_per_token"] == pytest.approx(1.0) and numbers["gpu_dense_decode_gbs"] == pytest.approx(10)
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps({"settings": {"device": "NVIDIA H200", "dtype": "torch.bfloat16", "batch_size": 1,
+                                             "prompt_len": 1024, "new_tokens": 64, "warmup": 2, "repeats": 5}}))
+    settings = diagnostics.speed_setting_numbers(runs.load_speed_settings(path), speed)
+    assert settings == {"gpu_device": "NVIDIA H200", "gpu_dtype": "bf16", "gpu_batch_size": 1, "gpu_prompt_len": 1024,
+                        "gpu_new_tokens": 64, "gpu_warmup": 2, "gpu_repeats": 5, "gpu_num_layers": 8}
+    missing = diagnostics.unmeasured({**numbers, **dict.fromkeys(diagnostics.SPEED_SETTINGS, "")}, prefix="x_")
+    assert math.isnan(missing["x_gpu_dense_decode_gbs"]) and missing["x_device"] == "not measured"
 
 
 def test_statistics_and_figures_import_neither_torch_nor_transformers():

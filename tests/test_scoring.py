@@ -9,6 +9,7 @@ import torch
 from conftest import make_tiny_model, make_tiny_tokenizer
 
 from companion import store
+from companion.analysis import diagnostics
 from companion.errors import CompanionError
 from companion.method import estimators
 from companion.method.calibration import Documents, Windows
@@ -112,6 +113,19 @@ def test_scores_file_content(tmp_path):
         read_scores(path)
     store.write(path, {"kind": "scores"}, result)
     assert read_scores(path)["num_layers"] == 4
+
+
+def test_diagnostic_numbers_read_a_real_scores_file():
+    model = make_tiny_model("llama")
+    docs = Documents(["a"], "toy", "file", "local", "toy.txt", "0" * 64)
+    result = {**score(_loaded(model), docs, _windows(), SETTINGS, progress=False), "model": {"spec": "gemma-3-270m",
+              "parameters": {"total": 100, "embedding": 63, "layer": 2}}}
+    numbers = {**diagnostics.model_numbers(result), **diagnostics.norm_numbers(result),
+               **diagnostics.bucket_numbers(result), **diagnostics.noise_numbers(result)}
+    assert numbers["bucket_tokens_per_bin"] == pytest.approx(12 / 5)
+    assert numbers["bucket_bias_mean"] < 0 and numbers["rms_growth"] > 0
+    assert numbers["embedding_share_pct"] == 63 and "Gemma-3-270M" in numbers["model_description"]
+    assert numbers["renyi_noise_verdict"].startswith(("no", "only", "yes"))
 
 
 def test_nan_hidden_states_are_reported():

@@ -16,6 +16,7 @@ from companion.method.orders import compression_stage
 from companion.model.embedded import describe_model
 
 NAN = float("nan")
+SPEED_SETTINGS = ("device", "dtype", "batch_size", "prompt_len", "new_tokens", "warmup", "repeats", "num_layers")
 
 
 def model_numbers(scores: dict) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def decode_bytes_numbers(speed: pd.DataFrame, prefix: str = "") -> dict[str, Any
     expected = tables.decode_bytes_speedup(speed)
     k_max = speed["K"].max()
     dense = speed[speed["K"] == 0].iloc[0]
-    per_token = (dense["weights_bytes"] + dense["kv_cache_bytes"]) / 1e9
+    per_token = float(dense["weights_bytes"] + dense["kv_cache_bytes"]) / 1e9
     numbers = {f"{prefix}dense_gb_per_token": per_token, f"{prefix}dense_decode_gbs": per_token * dense["decode_tps"]}
     for g in ("attn", "layer"):
         rows = expected[(speed["granularity"] == g) & (speed["K"] == k_max)]
@@ -80,7 +81,13 @@ def speed_setting_numbers(settings: Mapping[str, Any], speed: pd.DataFrame, pref
     """The timing settings of a stored speed file (``settings`` of ``speed.json``) as glue values:
     ``{prefix}device``, ``dtype``, ``batch_size``, ``prompt_len``, ``new_tokens``, ``warmup``, ``repeats``,
     and ``num_layers`` (counted from the KV cache, :func:`~companion.analysis.tables.cache_layers`)."""
-    numbers = {key: settings[key] for key in ("device", "batch_size", "prompt_len", "new_tokens", "warmup", "repeats")}
+    numbers = {key: settings[key] for key in SPEED_SETTINGS if key in settings}
     numbers["dtype"] = str(settings["dtype"]).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16")
     numbers["num_layers"] = tables.cache_layers(speed)
-    return {f"{prefix}{key}": value for key, value in numbers.items()}
+    return {f"{prefix}{key}": numbers[key] for key in SPEED_SETTINGS}
+
+
+def unmeasured(numbers: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The keys of ``numbers`` (with ``prefix``) marked as not measured: NaN for floats, text otherwise,
+    so pages citing them still build when a measurement is missing."""
+    return {f"{prefix}{key}": NAN if isinstance(value, float) else "not measured" for key, value in numbers.items()}

@@ -292,6 +292,11 @@ def load_sweep(path: str | Path) -> pd.DataFrame:
     return sweep_frame(frame.to_dict("records"))
 
 
+def load_speed_settings(path: str | Path) -> dict:
+    """The timing settings (device, dtype, batch, prompt, new tokens, warm-up, repeats) of a ``speed.json``."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))["settings"]
+
+
 def load_speed(path: str | Path) -> pd.DataFrame:
     """The rows of a ``speed.json`` written by ``companion.experiments.speed.write_speed``."""
     return speed_frame(json.loads(Path(path).read_text(encoding="utf-8"))["rows"])
