@@ -125,6 +125,7 @@ def test_diagnostic_numbers_read_a_real_scores_file():
     assert numbers["bucket_tokens_per_bin"] == pytest.approx(12 / 5)
     assert numbers["bucket_bias_mean"] < 0 and numbers["rms_growth"] > 0
     assert numbers["embedding_share_pct"] == 63 and "Gemma-3-270M" in numbers["model_description"]
+    assert "Q4_1 GGUF (Llama architecture, 30 layers)" in numbers["description_smollm2_135m"]
     assert numbers["renyi_noise_verdict"].startswith(("no", "only", "yes"))
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from companion.analysis import tables, verdicts
 from companion.method.orders import compression_stage
-from companion.model.embedded import describe_model
+from companion.model.embedded import EMBEDDED_MODELS, describe_model
 
 NAN = float("nan")
 SPEED_SETTINGS = ("device", "dtype", "batch_size", "prompt_len", "new_tokens", "warmup", "repeats", "num_layers")
@@ -21,12 +21,14 @@ SPEED_SETTINGS = ("device", "dtype", "batch_size", "prompt_len", "new_tokens", "
 
 def model_numbers(scores: dict) -> dict[str, Any]:
     """``model_description`` (the registry's words, with parameter shares when counted),
-    ``embedding_share_pct`` and ``layer_share_pct`` (of all parameters; NaN when not counted)."""
+    ``embedding_share_pct`` and ``layer_share_pct`` (of all parameters; NaN when not counted), and
+    ``description_{spec}`` of every embedded model (spec with ``-`` as ``_``) for the book's introduction."""
     provenance = scores["model"]
     counts = provenance.get("parameters")
     shares = {k: 100 * counts[k] / counts["total"] if counts else NAN for k in ("embedding", "layer")}
     return {"model_description": describe_model(provenance["spec"], counts),
-            "embedding_share_pct": shares["embedding"], "layer_share_pct": shares["layer"]}
+            "embedding_share_pct": shares["embedding"], "layer_share_pct": shares["layer"],
+            **{f"description_{spec.replace('-', '_')}": entry.description for spec, entry in EMBEDDED_MODELS.items()}}
 
 
 def norm_numbers(scores: dict) -> dict[str, Any]:
