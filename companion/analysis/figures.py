@@ -154,8 +154,9 @@ def _heatmap(ax, data: pd.DataFrame, value_label: str, clip_percentile: float, y
 @_styled
 def delta_heatmap_figure(matrices: Mapping[str, pd.DataFrame], *, title: str, caption: str,
                          value_label: str = "ΔH (nats)", clip_percentile: float = 95) -> Figure:
-    """Heatmaps of ΔH, layers across and granularities down, one panel per estimator (own colour scale;
-    see :func:`_heatmap`)."""
+    """Heatmaps of ΔH, layers across and granularities down, one panel per estimator, each on its own
+    colour scale centred at zero (red adds entropy, blue removes it) and clipped at the
+    ``clip_percentile`` percentile of |ΔH|; the colour bar says where."""
     n = len(matrices)
     num_layers = max(len(m) for m in matrices.values())
     fig, axes = _figure(n, 1, width=max(6.4, 0.32 * num_layers + 2), height=1.3 + 1.5 * n)
