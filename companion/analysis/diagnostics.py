@@ -84,7 +84,8 @@ def speed_setting_numbers(settings: Mapping[str, Any], speed: pd.DataFrame, pref
     ``{prefix}device``, ``dtype``, ``batch_size``, ``prompt_len``, ``new_tokens``, ``warmup``, ``repeats``,
     and ``num_layers`` (counted from the KV cache, :func:`~companion.analysis.tables.cache_layers`)."""
     numbers = {key: settings[key] for key in SPEED_SETTINGS if key in settings}
-    numbers["dtype"] = str(settings["dtype"]).replace("torch.", "").replace("bfloat16", "bf16").replace("float16", "fp16")
+    dtype = str(settings["dtype"]).replace("torch.", "")
+    numbers["dtype"] = {"bfloat16": "bf16", "float16": "fp16"}.get(dtype, dtype)
     numbers["num_layers"] = tables.cache_layers(speed)
     return {f"{prefix}{key}": numbers[key] for key in SPEED_SETTINGS}
 

@@ -31,7 +31,8 @@ def per_sample(scores: dict, estimator: str, point: str = "boundary", kind: str 
         values = scores["per_sample"][kind][estimator][point]
     except KeyError as exc:
         have = ", ".join(sorted(scores.get("per_sample", {}).get(kind, {})))
-        raise CompanionError(f"no per-sample '{point}' {kind} values of '{estimator}' in the scores (have: {have})") from exc
+        raise CompanionError(f"no per-sample '{point}' {kind} values of '{estimator}' in the scores "
+                             f"(have: {have})") from exc
     return np.asarray(values, dtype=float)
 
 
