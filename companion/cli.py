@@ -10,6 +10,7 @@ from pathlib import Path
 from companion.errors import CompanionError
 from companion.model.embedded import EMBEDDED_MODELS
 from companion.model.loading import DEFAULT_MODEL
+from companion.names import ALL_ENTROPY_METHODS, SIMILARITY_METHODS
 from companion.paths import model_slug
 from companion.profiles import EVAL_BATCH_SIZE, csv_list, int_list, profile
 
@@ -386,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=128, help="number of calibration windows")
     p.add_argument("--seqlen", type=int, default=256, help="tokens per window")
     p.add_argument("--seed", type=int, default=2024, help="seed of the window draw")
-    p.add_argument("--estimators", default="knn,bucket,renyi,cosine,angular", help="comma-separated")
+    p.add_argument("--estimators", default=",".join((*ALL_ENTROPY_METHODS, *SIMILARITY_METHODS)),
+                   help="comma-separated (default: all, the diagnostics knn_unit and bucket_mm included)")
     p.add_argument("--knn-k", type=int, default=25, help="k of the KNN estimator")
     p.add_argument("--bucket-bins", type=int, default=80, help="bins per dimension of the bucket estimator")
     p.add_argument("--renyi-alpha", type=float, default=4.0, help="order of the Renyi estimator")

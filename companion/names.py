@@ -7,6 +7,11 @@ from __future__ import annotations
 
 GRANULARITIES = ("attn", "mlp", "layer")
 ENTROPY_METHODS = ("knn", "bucket", "renyi")
+# Entropy estimators of ours, not the paper's: computed in every scoring pass as diagnostics, never a
+# pruning criterion unless asked for (scale-free KNN, Miller–Madow-corrected bucket), each with the
+# parameters of the paper's estimator it varies.
+DIAGNOSTIC_ENTROPY_METHODS = {"knn_unit": "knn", "bucket_mm": "bucket"}
+ALL_ENTROPY_METHODS = ENTROPY_METHODS + tuple(DIAGNOSTIC_ENTROPY_METHODS)
 SIMILARITY_METHODS = ("cosine", "angular")
 METHODS = ENTROPY_METHODS + SIMILARITY_METHODS
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from companion.analysis import figures, findings, runs, tables, verdicts
+from companion.analysis import diagnostics, figures, findings, runs, tables, verdicts
 from companion.errors import CompanionError
 from companion.method import orders
 from companion.method.orders import DropOrder, drop_order
@@ -81,6 +81,11 @@ def test_resolve_parameters_uses_the_profile_and_overrides(tmp_path):
     assert run.drops == [0, 4, 8] and run.samples == 16 and run.limit == 5 and run.calibrations == ["c4"]
     assert run.sweep_settings().drops == [0, 4, 8] and run.eval_settings().limit == 5
     assert "c4: 16 samples × 256 tokens, seed 2024" in run.caption(evaluation=True)
+    smoke = runs.resolve_parameters({"profile": "smoke"})
+    assert "Gemma-3-270M from a Q4_K_M GGUF (18 layers)" in smoke.caption()
+    counts = {"total": 268_098_176, "embedding": 167_772_160, "layer": 5_322_880}
+    assert smoke.describe_model({"model": {"parameters": counts}}).endswith(
+        "embeddings are 63 % of its 268 M parameters, so one layer is about 2 % of them")
     assert runs.resolve_parameters({"profile": "smoke", "limit": -1}).limit is None
     with pytest.raises(CompanionError):
         runs.resolve_parameters({"profile": "smoke", "granularities": "heads"})
@@ -120,6 +125,57 @@ def test_profile_band_and_minmax_normalisation():
     assert tables.stage_end(scores, "knn") == 2
     with pytest.raises(CompanionError):
         tables.per_sample(scores, "bucket")
+
+
+def test_cluster_bootstrap_draws_whole_documents():
+    rng = np.random.default_rng(2)
+    per_document = rng.normal(0, 1, size=(3, 6))  # 3 points × 6 documents, 2 identical windows each
+    windows = np.repeat(per_document, 2, axis=1)
+    documents = np.repeat([7, 3, 9, 1, 4, 8], 2)
+    clustered = tables.bootstrap_band(windows, documents, n_boot=300, seed=5)
+    # equal-size documents: the same draws as a plain bootstrap of one value per document (ids sorted)
+    order = np.argsort([7, 3, 9, 1, 4, 8])
+    plain = tables.bootstrap_band(per_document[:, order], n_boot=300, seed=5)
+    pd.testing.assert_frame_equal(clustered, plain, check_exact=False, rtol=1e-12, atol=1e-12)
+    naive = tables.bootstrap_band(windows, n_boot=300, seed=5)  # windows as if independent: too narrow
+    assert ((naive["hi"] - naive["lo"]) < (clustered["hi"] - clustered["lo"])).all()
+    one = tables.bootstrap_band(windows, np.zeros(12))
+    assert (one["lo"] == one["mean"]).all() and (one["hi"] == one["mean"]).all()
+    with pytest.raises(CompanionError, match="groups"):
+        tables.bootstrap_band(windows, documents[:5])
+
+
+def test_profile_band_resamples_the_recorded_documents():
+    scores = fake_scores()
+    assert tables.window_documents(scores) is None
+    scores["data"] = {"windows": [[0, 0], [0, 50], [0, 90], [0, 10], [0, 30]]}  # all from document 0
+    band = tables.profile_band(scores, "knn", n_boot=50)
+    assert (band["lo"] == band["mean"]).all() and (band["hi"] == band["mean"]).all()
+    scores["per_sample"]["norm"] = {"rms": {"boundary": [[1.0, 3.0]] * (LAYERS + 1)}}
+    scores["data"]["windows"] = [[0, 0], [1, 0]]
+    norm = tables.profile_band(scores, "rms", kind="norm", n_boot=50)
+    np.testing.assert_allclose(norm["mean"], 2.0)
+
+
+def test_spread_vs_noise_and_its_verdict():
+    scores = fake_scores()
+    scores["per_sample"]["entropy"]["renyi"] = {"boundary": [[1.0, 3.0], [2.0, 2.0], [1.5, 2.5]]}
+    table = tables.spread_vs_noise(scores, "renyi")
+    np.testing.assert_allclose(table["mean"], [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(table["std"], [math.sqrt(2), 0, math.sqrt(0.5)])
+    np.testing.assert_allclose(table["sem"], table["std"] / math.sqrt(2))
+    assert (table["spread"] == 0).all()
+    assert verdicts.noise_verdict(0.0, table["sem"].max(), table["std"].median()).startswith("no")
+    assert verdicts.noise_verdict(0.5, 0.1, 1.0).startswith("only on average")
+    assert verdicts.noise_verdict(2.0, 0.1, 1.0).startswith("yes")
+    assert verdicts.noise_verdict(float("nan"), 0.1, 1.0) == "cannot tell"
+
+
+def test_bucket_bias_and_tokens_per_bin():
+    scores = {"profiles": {"bucket": [10.0, 12.0], "bucket_mm": [10.5, 12.25]},
+              "data": {"seqlen": 256}, "settings": {"params": {"bucket": {"bins": 80}}}}
+    assert tables.tokens_per_bin(scores) == pytest.approx(3.2)
+    np.testing.assert_allclose(tables.bucket_bias(scores)["bias"], [-0.5, -0.25])
 
 
 # ---------------------------------------------------------------- block scores
@@ -346,6 +402,19 @@ def test_figures_have_labels_legends_and_captions(tmp_path):
         for ax in fig.axes:
             assert ax.get_ylabel(), (fig, ax)
             assert ax.get_label() == "<colorbar>" or ax.get_xlabel(), (fig, ax)
+    heat = figures.calibration_heatmap_figure(
+        {"layer": tables.delta_by_calibration({"c4": scores, "wikitext2": scores}, "knn", "layer")},
+        method="knn", title="t", caption="c")
+    assert [t.get_text() for t in heat.axes[0].get_yticklabels()] == ["c4", "wikitext2"]
+    assert heat.axes[0].get_ylabel() == "calibration set"
+    scores["per_sample"]["norm"] = {"rms": {"boundary": (np.arange(1, LAYERS + 2)[:, None] * np.ones(5)).tolist()}}
+    knn_unit_band = tables.profile_band(scores, "knn", n_boot=20).assign(mean=lambda f: f["mean"] + 1)
+    norm = figures.norm_profile_figure({"knn": band, "knn_unit": knn_unit_band},
+                                       tables.profile_band(scores, "rms", kind="norm", n_boot=20), title="t",
+                                       caption="c")
+    assert "ours, not the paper's" in " ".join(t.get_text() for t in norm.axes[0].get_legend().get_texts())
+    assert norm.axes[1].get_yscale() == "log"
+    made += [heat, norm]
     assert made[2].axes[0].get_ylabel() == "mean accuracy over tasks"
     assert made[3].axes[0].get_ylabel().startswith("retention")
     assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in made[4].axes] == [("ΔH", "1 − cos")] * 2
@@ -536,6 +605,29 @@ def test_speed_numbers_of_known_speedups():
     attn_only = findings.speed_numbers(speed[speed["granularity"] == "attn"])
     assert math.isnan(attn_only["layer_prefill_speedup"]) and attn_only["layer_decode_verdict"] == "not measured"
     assert math.isnan(attn_only["layer_params_ratio"])
+
+
+def test_decode_bytes_and_gpu_setting_numbers(tmp_path):
+    # 8 layers; K = 2 attention sub-layers keep 6/8 of the cache, 2 layers drop 2/8 of the layer weights
+    def row(g, k, weights, kv):
+        return {"granularity": g, "K": k, "weights_bytes": weights, "kv_cache_bytes": kv,
+                "kv_cache_bytes_expected": kv, "decode_tps": 10.0}
+
+    speed = pd.DataFrame([row("attn", 0, 900e6, 100e6), row("attn", 2, 850e6, 75e6),
+                          row("layer", 0, 900e6, 100e6), row("layer", 2, 700e6, 75e6)])
+    np.testing.assert_allclose(tables.decode_bytes_speedup(speed), [1, 1000 / 925, 1, 1000 / 775])
+    assert tables.cache_layers(speed) == 8
+    numbers = diagnostics.decode_bytes_numbers(speed, prefix="gpu_")
+    assert numbers["gpu_attn_decode_bytes_expected"] == pytest.approx(1000 / 925)
+    assert numbers["gpu_dense_gb_per_token"] == pytest.approx(1.0) and numbers["gpu_dense_decode_gbs"] == pytest.approx(10)
+    path = tmp_path / "speed.json"
+    path.write_text(json.dumps({"settings": {"device": "NVIDIA H200", "dtype": "torch.bfloat16", "batch_size": 1,
+                                             "prompt_len": 1024, "new_tokens": 64, "warmup": 2, "repeats": 5}}))
+    settings = diagnostics.speed_setting_numbers(runs.load_speed_settings(path), speed)
+    assert settings == {"gpu_device": "NVIDIA H200", "gpu_dtype": "bf16", "gpu_batch_size": 1, "gpu_prompt_len": 1024,
+                        "gpu_new_tokens": 64, "gpu_warmup": 2, "gpu_repeats": 5, "gpu_num_layers": 8}
+    missing = diagnostics.unmeasured({**numbers, **dict.fromkeys(diagnostics.SPEED_SETTINGS, "")}, prefix="x_")
+    assert math.isnan(missing["x_gpu_dense_decode_gbs"]) and missing["x_device"] == "not measured"
 
 
 def test_statistics_and_figures_import_neither_torch_nor_transformers():

@@ -14,10 +14,14 @@ from companion.method.estimators import (
     SIMILARITY_SCORES,
     angular,
     bucket,
+    bucket_mm,
     cosine,
     entropy_estimator,
     knn,
+    knn_unit,
     renyi,
+    rms,
+    token_rms,
 )
 
 
@@ -253,7 +257,7 @@ def test_entropy_estimator_binds_parameters():
 
 
 def test_entropy_estimator_unknown_name_lists_valid_names():
-    with pytest.raises(CompanionError, match="knn, bucket, renyi") as info:
+    with pytest.raises(CompanionError, match="knn, bucket, renyi, knn_unit, bucket_mm") as info:
         entropy_estimator("cosine")
     assert "\n" not in str(info.value)
 
@@ -261,3 +265,32 @@ def test_entropy_estimator_unknown_name_lists_valid_names():
 def test_entropy_estimator_rejects_unknown_parameter():
     with pytest.raises(CompanionError, match="bins"):
         entropy_estimator("knn", bins=20)
+
+
+# --- Diagnostics: RMS norm, scale-free KNN, Miller–Madow -----------------------------------------
+
+
+def test_rms_of_constant_and_of_mixed_tokens():
+    torch.testing.assert_close(rms(torch.full((2, 7, 5), -3.0)), torch.full((2,), 3.0))
+    x = torch.tensor([[[3.0, 4.0], [0.0, 0.0]]])  # token RMS sqrt(12.5) and 0
+    torch.testing.assert_close(token_rms(x), torch.tensor([[math.sqrt(12.5), 0.0]]))
+    torch.testing.assert_close(rms(x), torch.tensor([math.sqrt(12.5) / 2]))
+
+
+def test_knn_unit_is_invariant_to_scaling_each_token():
+    x = randn(2, 40, 6, seed=21)
+    scale = torch.rand(2, 40, 1, generator=torch.Generator().manual_seed(3)) * 100 + 0.01
+    torch.testing.assert_close(knn_unit(x * scale, k=5), knn_unit(x, k=5), rtol=1e-4, atol=1e-4)
+    unit = x / token_rms(x)[..., None]
+    torch.testing.assert_close(knn_unit(x, k=5), knn(unit, k=5))
+    assert not torch.allclose(knn(x * scale, k=5), knn(x, k=5))
+
+
+def test_miller_madow_adds_occupied_bins_minus_one_over_2n():
+    # one sample, 2 dimensions, 4 tokens, 4 bins: dimension 0 fills 4 bins, dimension 1 two
+    x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [2.0, 3.0], [3.0, 3.0]]])
+    n, occupied = 4, 4 + 2
+    torch.testing.assert_close(bucket(x, bins=4), torch.tensor([math.log(4) + math.log(2)]))
+    torch.testing.assert_close(bucket_mm(x, bins=4) - bucket(x, bins=4), torch.tensor([(occupied - 2) / (2 * n)]))
+    y = randn(3, 50, 7, seed=22)
+    assert (bucket_mm(y, bins=10) > bucket(y, bins=10)).all()

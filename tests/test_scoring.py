@@ -9,6 +9,7 @@ import torch
 from conftest import make_tiny_model, make_tiny_tokenizer
 
 from companion import store
+from companion.analysis import diagnostics
 from companion.errors import CompanionError
 from companion.method import estimators
 from companion.method.calibration import Documents, Windows
@@ -60,12 +61,14 @@ def test_one_pass_matches_recomputation(family):
     inputs, mids, outputs = _reference_points(model, windows.input_ids)
     num_layers = len(inputs)
     boundaries = [inputs[i] for i in range(num_layers)] + [outputs[num_layers - 1]]
-    for name in ("knn", "bucket", "renyi"):
-        fn = estimators.entropy_estimator(name, **SETTINGS.params[name])
+    for name in ("knn", "bucket", "renyi", "knn_unit", "bucket_mm"):
+        fn = estimators.entropy_estimator(name, **SETTINGS.estimator_params(name))
         for i, hidden in enumerate(boundaries):
             torch.testing.assert_close(values[("entropy", name, "boundary", i)], fn(hidden), rtol=1e-4, atol=1e-4)
         for i in range(num_layers):
             torch.testing.assert_close(values[("entropy", name, "mid", i)], fn(mids[i]), rtol=1e-4, atol=1e-4)
+    for i, hidden in enumerate(boundaries):
+        torch.testing.assert_close(values[("norm", "rms", "boundary", i)], estimators.rms(hidden))
     for name, fn in estimators.SIMILARITY_SCORES.items():
         for i in range(num_layers):
             expected = {"attn": fn(inputs[i], mids[i]), "mlp": fn(mids[i], outputs[i]),
@@ -87,7 +90,7 @@ def test_scores_file_content(tmp_path):
     docs = Documents(["a"], "toy", "file", "local", "toy.txt", "0" * 64)
     result = score(_loaded(model), docs, _windows(), SETTINGS, progress=False)
     assert result["num_layers"] == 4
-    assert len(result["blocks"]) == 4 * 3 * 5
+    assert len(result["blocks"]) == 4 * 3 * 7  # knn, bucket, renyi, knn_unit, bucket_mm, cosine, angular
     knn_attn = [b for b in result["blocks"] if b["method"] == "knn" and b["granularity"] == "attn"]
     for block in knn_attn:
         assert block["value"] == pytest.approx(block["h_out"] - block["h_in"], abs=1e-4)
@@ -96,6 +99,13 @@ def test_scores_file_content(tmp_path):
     assert by_granularity["attn"]["h_out"] == pytest.approx(by_granularity["mlp"]["h_in"])
     assert by_granularity["layer"]["h_out"] == pytest.approx(by_granularity["mlp"]["h_out"])
     assert len(result["profiles"]["knn"]) == 5
+    rms_boundary = result["per_sample"]["norm"]["rms"]["boundary"]
+    assert len(rms_boundary) == 5 and len(result["per_sample"]["norm"]["rms"]["mid"]) == 4
+    assert result["norms"]["rms"] == pytest.approx([sum(v) / len(v) for v in rms_boundary])
+    counts = result["model"]["parameters"]
+    assert counts["embedding"] == model.get_input_embeddings().weight.numel() < counts["total"]
+    assert counts["layer"] == sum(p.numel() for p in adapters.decoder_layers(model)[0].parameters())
+    assert result["settings"]["params"]["knn_unit"] == {"k": 3}  # a diagnostic shares its estimator's parameters
     assert result["data"]["windows"] == [[i, 0] for i in range(5)]
     path = tmp_path / "scores.json"
     path.write_text(json.dumps(result))
@@ -103,6 +113,20 @@ def test_scores_file_content(tmp_path):
         read_scores(path)
     store.write(path, {"kind": "scores"}, result)
     assert read_scores(path)["num_layers"] == 4
+
+
+def test_diagnostic_numbers_read_a_real_scores_file():
+    model = make_tiny_model("llama")
+    docs = Documents(["a"], "toy", "file", "local", "toy.txt", "0" * 64)
+    result = {**score(_loaded(model), docs, _windows(), SETTINGS, progress=False), "model": {"spec": "gemma-3-270m",
+              "parameters": {"total": 100, "embedding": 63, "layer": 2}}}
+    numbers = {**diagnostics.model_numbers(result), **diagnostics.norm_numbers(result),
+               **diagnostics.bucket_numbers(result), **diagnostics.noise_numbers(result)}
+    assert numbers["bucket_tokens_per_bin"] == pytest.approx(12 / 5)
+    assert numbers["bucket_bias_mean"] < 0 and numbers["rms_growth"] > 0
+    assert numbers["embedding_share_pct"] == 63 and "Gemma-3-270M" in numbers["model_description"]
+    assert "Q4_1 GGUF (Llama architecture, 30 layers)" in numbers["description_smollm2_135m"]
+    assert numbers["renyi_noise_verdict"].startswith(("no", "only", "yes"))
 
 
 def test_nan_hidden_states_are_reported():

@@ -27,10 +27,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 METHOD_LABELS = {"knn": "KNN entropy", "bucket": "Bucket entropy", "renyi": "Rényi entropy",
-                 "cosine": "Cosine (1 − cos)", "angular": "Angular distance"}
+                 "cosine": "Cosine (1 − cos)", "angular": "Angular distance",
+                 "knn_unit": "Scale-free KNN entropy (ours, not the paper's)",
+                 "bucket_mm": "Bucket entropy, Miller–Madow (ours, not the paper's)"}
 METHOD_COLORS = {"knn": "#0072B2", "bucket": "#009E73", "renyi": "#CC79A7", "cosine": "#D55E00",
-                 "angular": "#E69F00"}
-METHOD_MARKERS = {"knn": "o", "bucket": "s", "renyi": "^", "cosine": "D", "angular": "v"}
+                 "angular": "#E69F00", "knn_unit": "#56B4E9", "bucket_mm": "#7FCDBB"}
+METHOD_MARKERS = {"knn": "o", "bucket": "s", "renyi": "^", "cosine": "D", "angular": "v", "knn_unit": "x",
+                  "bucket_mm": "P"}
 GRANULARITY_LABELS = {"attn": "attention blocks", "mlp": "MLP blocks", "layer": "whole layers"}
 CALIBRATION_STYLES = ["-", "--", ":", "-."]
 STYLE = {
@@ -133,29 +136,59 @@ def entropy_profile_figure(bands: Mapping[str, pd.DataFrame], stages: Mapping[st
     return _finish(fig, title, caption)
 
 
+def _heatmap(ax, data: pd.DataFrame, value_label: str, clip_percentile: float, ylabels: Sequence[str]) -> None:
+    """A ΔH heatmap centred at zero (red adds entropy, blue removes it), its scale clipped at the
+    ``clip_percentile`` percentile of |ΔH| so one or two extreme blocks do not wash out the rest; the
+    colour bar says where it is clipped."""
+    magnitude = np.abs(data.to_numpy(dtype=float))
+    bound = float(np.nanpercentile(magnitude, clip_percentile)) or float(np.nanmax(magnitude)) or 1.0
+    clipped = bool(np.nanmax(magnitude) > bound)
+    sns.heatmap(data, ax=ax, cmap="RdBu_r", center=0, vmin=-bound, vmax=bound, linewidths=0.4, linecolor="white",
+                cbar_kws={"label": value_label + (f"\nclipped at ±{bound:.3g}" if clipped else ""), "shrink": 0.9,
+                          "extend": "both" if clipped else "neither"},
+                yticklabels=list(ylabels))
+    ax.set_xlabel("layer")
+    ax.tick_params(axis="y", rotation=0)
+
+
 @_styled
 def delta_heatmap_figure(matrices: Mapping[str, pd.DataFrame], *, title: str, caption: str,
                          value_label: str = "ΔH (nats)", clip_percentile: float = 95) -> Figure:
-    """Heatmaps of ΔH, layers across and granularities down, one panel per estimator (own colour scale,
-    centred at zero: red adds entropy, blue removes it). The scale ends at the ``clip_percentile``
-    percentile of the absolute ΔH so that one or two extreme blocks do not wash out the rest; the colour bar says
-    where it is clipped."""
+    """Heatmaps of ΔH, layers across and granularities down, one panel per estimator, each on its own
+    colour scale centred at zero (red adds entropy, blue removes it) and clipped at the
+    ``clip_percentile`` percentile of |ΔH|; the colour bar says where."""
     n = len(matrices)
     num_layers = max(len(m) for m in matrices.values())
     fig, axes = _figure(n, 1, width=max(6.4, 0.32 * num_layers + 2), height=1.3 + 1.5 * n)
     for ax, (method, matrix) in zip(axes[:, 0], matrices.items()):
         data = matrix.T
-        magnitude = np.abs(data.to_numpy(dtype=float))
-        bound = float(np.nanpercentile(magnitude, clip_percentile)) or float(np.nanmax(magnitude)) or 1.0
-        clipped = bool(np.nanmax(magnitude) > bound)
-        sns.heatmap(data, ax=ax, cmap="RdBu_r", center=0, vmin=-bound, vmax=bound, linewidths=0.4, linecolor="white",
-                    cbar_kws={"label": value_label + (f"\nclipped at ±{bound:.3g}" if clipped else ""), "shrink": 0.9,
-                              "extend": "both" if clipped else "neither"},
-                    yticklabels=[GRANULARITY_LABELS.get(g, g) for g in data.index])
+        _heatmap(ax, data, value_label, clip_percentile, [GRANULARITY_LABELS.get(g, g) for g in data.index])
         ax.set_title(label(method))
-        ax.set_xlabel("layer")
         ax.set_ylabel("granularity")
-        ax.tick_params(axis="y", rotation=0)
+    return _finish(fig, title, caption)
+
+
+@_styled
+def norm_profile_figure(bands: Mapping[str, pd.DataFrame], norm_band: pd.DataFrame, *, title: str, caption: str,
+                        level: float = 0.95) -> Figure:
+    """Entropy profiles (``bands``: estimator -> band, e.g. KNN and scale-free KNN, each min–max scaled)
+    beside the RMS norm of the hidden states at every boundary (log scale), with bootstrap bands."""
+    fig, axes = _figure(1, 2, width=10.0, height=4.0)
+    left, right = axes[0]
+    for method, band in bands.items():
+        scaled = {c: (band[c] - band["mean"].min()) / (np.ptp(band["mean"]) or 1.0) for c in ("mean", "lo", "hi")}
+        left.plot(band["boundary"], scaled["mean"], marker=METHOD_MARKERS.get(method, "o"), ms=3.5,
+                  color=color(method), label=label(method))
+        left.fill_between(band["boundary"], scaled["lo"], scaled["hi"], color=color(method), alpha=0.2, lw=0)
+    left.set_ylabel("entropy, min–max scaled to [0, 1]")
+    left.legend(loc="best", title=f"{level:.0%} bootstrap band over documents")
+    right.plot(norm_band["boundary"], norm_band["mean"], marker=".", color="0.2", label="RMS norm")
+    right.fill_between(norm_band["boundary"], norm_band["lo"], norm_band["hi"], color="0.5", alpha=0.25, lw=0)
+    right.set_yscale("log")
+    right.set_ylabel("RMS norm of the hidden states (mean over tokens)")
+    for ax in (left, right):
+        ax.set_xlabel("block boundary")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     return _finish(fig, title, caption)
 
 
@@ -371,6 +404,22 @@ def calibration_profile_figure(bands: Mapping[str, Mapping[str, pd.DataFrame]], 
         ax.set_xlabel("block boundary")
         ax.legend(title=f"calibration ({level:.0%} band)", loc="best")
     axes[0, 0].set_ylabel("entropy, min–max scaled to [0, 1]")
+    return _finish(fig, title, caption)
+
+
+@_styled
+def calibration_heatmap_figure(matrices: Mapping[str, pd.DataFrame], *, method: str, title: str, caption: str,
+                               value_label: str = "ΔH (nats)", clip_percentile: float = 95) -> Figure:
+    """The paper's Figure 2: ΔH of ``method`` per layer (across) and calibration set (down), one panel
+    per granularity (``matrices``: granularity -> :func:`~companion.analysis.tables.delta_by_calibration`)."""
+    n = len(matrices)
+    num_layers = max(m.shape[1] for m in matrices.values())
+    rows = max(len(m) for m in matrices.values())
+    fig, axes = _figure(n, 1, width=max(6.4, 0.32 * num_layers + 2), height=1.1 + (0.5 + 0.35 * rows) * n)
+    for ax, (granularity, matrix) in zip(axes[:, 0], matrices.items()):
+        _heatmap(ax, matrix, value_label, clip_percentile, list(matrix.index))
+        ax.set_title(f"{label(method)}, {GRANULARITY_LABELS.get(granularity, granularity)}")
+        ax.set_ylabel("calibration set")
     return _finish(fig, title, caption)
 
 

@@ -21,8 +21,9 @@ from companion.analysis.tables import speed_frame, sweep_frame
 from companion.errors import CompanionError
 from companion.experiments.evaluation import EvalSettings
 from companion.experiments.sweep import SweepSettings, fit_drops, model_drops, profile_sweep
+from companion.model.embedded import describe_model
 from companion.names import (
-    ENTROPY_METHODS,
+    ALL_ENTROPY_METHODS,
     GRANULARITIES,
     PERPLEXITY_TASK,
     SIMILARITY_METHODS,
@@ -79,8 +80,8 @@ class Run:
 
     @property
     def entropy_methods(self) -> list[str]:
-        """The entropy estimators among the run's methods."""
-        return [m for m in self.methods if m in ENTROPY_METHODS]
+        """The entropy estimators among the run's methods (diagnostics included when asked for)."""
+        return [m for m in self.methods if m in ALL_ENTROPY_METHODS]
 
     @property
     def similarity_methods(self) -> list[str]:
@@ -153,10 +154,16 @@ class Run:
             text += f"; WikiText-2 perplexity over {windows} of {self.ppl_seqlen} tokens"
         return text
 
+    def describe_model(self, scores: Mapping[str, Any] | None = None) -> str:
+        """The model in words (the embedded registry's description), with its embedding and per-layer
+        share of the parameters when ``scores`` (whose ``model`` provenance counts them) are given."""
+        parameters = (scores or {}).get("model", {}).get("parameters")
+        return describe_model(self.model, parameters)
+
     def caption(self, calibration: str | Sequence[str] | None = None, evaluation: bool = False) -> str:
         """The caption text of a figure: model, profile, calibration set and sizes, evaluation limits."""
         cals = [calibration] if isinstance(calibration, str) else list(calibration or [self.calibration])
-        text = (f"Model {self.model} (profile '{self.profile}'). Calibration "
+        text = (f"Model {self.describe_model()} (profile '{self.profile}'). Calibration "
                 + "; ".join(self.describe_calibration(c) for c in cals) + ".")
         if evaluation:
             text += f" Evaluation: {self.describe_evaluation()}. Drop counts K = {', '.join(map(str, self.drops))}."
@@ -165,7 +172,7 @@ class Run:
     def describe_speed(self) -> str:
         """The timing setup in words."""
         device, dtype = self.resolved_device_dtype()
-        return (f"Model {self.model} (profile '{self.profile}') on {device} ({dtype}): prompt of {self.speed_prompt} "
+        return (f"Model {self.describe_model()} (profile '{self.profile}') on {device} ({dtype}): prompt of {self.speed_prompt} "
                 f"tokens, {self.speed_new_tokens} generated tokens, batch {SPEED_BATCH_SIZE}, median of "
                 f"{self.speed_repeats} timed runs after {SPEED_WARMUP} warm-up.")
 
@@ -291,6 +298,11 @@ def load_sweep(path: str | Path) -> pd.DataFrame:
     frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"dropped": str, "protected": str})
     frame["primary"] = frame["primary"].astype(str).str.lower() == "true"
     return sweep_frame(frame.to_dict("records"))
+
+
+def load_speed_settings(path: str | Path) -> dict:
+    """The timing settings (device, dtype, batch, prompt, new tokens, warm-up, repeats) of a ``speed.json``."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))["settings"]
 
 
 def load_speed(path: str | Path) -> pd.DataFrame:

@@ -21,42 +21,88 @@ from companion.names import GRANULARITIES, PERPLEXITY_TASK
 
 # ---------------------------------------------------------------- entropy profiles
 
-def per_sample(scores: dict, estimator: str, point: str = "boundary") -> np.ndarray:
-    """Per-sample entropies of ``estimator``, shape (points, samples): L+1 boundaries or L mid points."""
+def per_sample(scores: dict, estimator: str, point: str = "boundary", kind: str = "entropy") -> np.ndarray:
+    """Per-sample values of ``estimator``, shape (points, samples): L+1 boundaries or L mid points.
+
+    ``kind`` is ``entropy`` (an estimator name) or ``norm`` (``rms``: the hidden states' RMS norm).
+    """
     try:
-        values = scores["per_sample"]["entropy"][estimator][point]
+        values = scores["per_sample"][kind][estimator][point]
     except KeyError as exc:
-        have = ", ".join(sorted(scores.get("per_sample", {}).get("entropy", {})))
-        raise CompanionError(f"no per-sample '{point}' entropies of '{estimator}' in the scores (have: {have})") from exc
+        have = ", ".join(sorted(scores.get("per_sample", {}).get(kind, {})))
+        raise CompanionError(f"no per-sample '{point}' {kind} values of '{estimator}' in the scores "
+                             f"(have: {have})") from exc
     return np.asarray(values, dtype=float)
 
 
-def bootstrap_band(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Percentile bootstrap band of the mean over samples, for each row of ``values`` (points × samples).
+def window_documents(scores: dict) -> np.ndarray | None:
+    """The document each calibration window was cut from (``data.windows``), or None if not recorded."""
+    windows = scores.get("data", {}).get("windows")
+    return np.asarray([doc for doc, _offset in windows]) if windows else None
 
-    Samples are resampled with replacement, the same draw for every point (the points of one sample are
-    paired), ``n_boot`` times. Returns columns ``mean`` (over the original samples), ``lo`` and ``hi``
-    (the (1 − level)/2 and (1 + level)/2 quantiles of the bootstrap means); one sample gives lo = hi = mean.
+
+def bootstrap_band(values: np.ndarray, groups: Sequence | np.ndarray | None = None, n_boot: int = 1000,
+                   level: float = 0.95, seed: int = 0) -> pd.DataFrame:
+    """Percentile cluster-bootstrap band of the mean over samples, for each row of ``values`` (points × samples).
+
+    Windows cut from one document are not independent, so whole clusters are resampled: ``groups``
+    gives each sample's document (default: every sample its own). Cluster ids are drawn with
+    replacement, all samples of each draw taken, the same draw for every point (the points of one
+    sample are paired), ``n_boot`` times. Returns columns ``mean`` (over the original samples), ``lo``
+    and ``hi`` (the (1 − level)/2 and (1 + level)/2 quantiles of the bootstrap means); one cluster
+    gives lo = hi = mean.
     """
     values = np.asarray(values, dtype=float)
     if values.ndim != 2 or values.shape[1] < 1:
         raise CompanionError(f"expected a (points, samples) array, got shape {values.shape}")
+    groups = np.arange(values.shape[1]) if groups is None else np.asarray(groups)
+    if groups.shape != (values.shape[1],):
+        raise CompanionError(f"{len(groups)} groups for {values.shape[1]} samples")
     mean = values.mean(axis=1)
-    if values.shape[1] == 1:
+    ids, cluster = np.unique(groups, return_inverse=True)
+    onehot = np.eye(len(ids))[cluster]  # samples × clusters
+    if len(ids) == 1:
         return pd.DataFrame({"mean": mean, "lo": mean, "hi": mean})
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, values.shape[1], size=(n_boot, values.shape[1]))
-    boot = values[:, draws].mean(axis=2)  # (points, n_boot)
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(n_boot, len(ids)))
+    weights = np.apply_along_axis(np.bincount, 1, draws, minlength=len(ids))  # n_boot × clusters
+    boot = (values @ onehot @ weights.T) / (weights @ onehot.sum(axis=0))  # (points, n_boot)
     tail = (1 - level) / 2
     lo, hi = np.quantile(boot, [tail, 1 - tail], axis=1)
     return pd.DataFrame({"mean": mean, "lo": np.minimum(lo, mean), "hi": np.maximum(hi, mean)})
 
 
-def profile_band(scores: dict, estimator: str, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> pd.DataFrame:
-    """Bootstrap band of ``estimator``'s entropy at every block boundary (column ``boundary`` 0..L)."""
-    band = bootstrap_band(per_sample(scores, estimator), n_boot=n_boot, level=level, seed=seed)
+def profile_band(scores: dict, estimator: str, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+                 kind: str = "entropy") -> pd.DataFrame:
+    """Bootstrap band of ``estimator``'s values at every block boundary (column ``boundary`` 0..L),
+    resampling the documents the windows came from (:func:`window_documents`)."""
+    band = bootstrap_band(per_sample(scores, estimator, kind=kind), window_documents(scores), n_boot=n_boot,
+                          level=level, seed=seed)
     band.insert(0, "boundary", np.arange(len(band)))
     return band
+
+
+def spread_vs_noise(scores: dict, estimator: str = "renyi") -> pd.DataFrame:
+    """Per boundary: the mean over windows, the std over windows and the standard error of the mean
+    (std/√windows), beside ``spread``, the max − min of the mean profile across boundaries (every row)."""
+    values = per_sample(scores, estimator)
+    std = values.std(axis=1, ddof=1) if values.shape[1] > 1 else np.zeros(len(values))
+    mean = values.mean(axis=1)
+    return pd.DataFrame({"boundary": np.arange(len(values)), "mean": mean, "std": std,
+                         "sem": std / np.sqrt(values.shape[1]), "spread": np.ptp(mean)})
+
+
+def tokens_per_bin(scores: dict, estimator: str = "bucket") -> float:
+    """Tokens per histogram bin of the bucket estimator: window length / bins (each window's tokens
+    fill one histogram per dimension)."""
+    return scores["data"]["seqlen"] / scores["settings"]["params"][estimator]["bins"]
+
+
+def bucket_bias(scores: dict) -> pd.DataFrame:
+    """Per boundary: plug-in bucket entropy, its Miller–Madow correction and the plug-in ``bias``
+    (plug-in − corrected ≈ −Σ over dimensions of (m − 1)/(2n) nats: m occupied bins, n tokens)."""
+    plug_in, corrected = np.asarray(scores["profiles"]["bucket"]), np.asarray(scores["profiles"]["bucket_mm"])
+    return pd.DataFrame({"boundary": np.arange(len(plug_in)), "bucket": plug_in, "bucket_mm": corrected,
+                         "bias": plug_in - corrected})
 
 
 def minmax(values: Sequence[float] | np.ndarray, reference: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
@@ -105,6 +151,17 @@ def delta_matrix(scores: dict, method: str = "knn", granularities: Sequence[str]
     """ΔH (or the similarity score) of ``method``, one row per layer and one column per granularity."""
     frame = pd.DataFrame({g: layer_scores(scores, method, g) for g in granularities})
     frame.index.name = "layer"
+    return frame
+
+
+def delta_by_calibration(scores_by_calibration: Mapping[str, dict], method: str = "knn",
+                         granularity: str = "layer") -> pd.DataFrame:
+    """ΔH of ``method`` at ``granularity``, one row per calibration set and one column per layer
+    (the paper's Figure 2)."""
+    frame = pd.DataFrame({cal: layer_scores(scores, method, granularity)
+                          for cal, scores in scores_by_calibration.items()}).T
+    frame.columns.name = "layer"
+    frame.index.name = "calibration"
     return frame
 
 
@@ -287,6 +344,28 @@ def speed_frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
         frame[f"measured_speedup_{phase}_lo"] = frame[f"{phase}_tps_lo"] / base
         frame[f"measured_speedup_{phase}_hi"] = frame[f"{phase}_tps_hi"] / base
     return frame.sort_values(["granularity", "K"]).reset_index(drop=True)
+
+
+def decode_bytes_speedup(speed: pd.DataFrame) -> pd.Series:
+    """The decode speedup predicted by the bytes each generated token reads, per row of a speed table:
+    (weights + KV cache) of the dense model over (weights of the kept layers + their KV cache), within
+    each granularity. Decoding one token at batch 1 is bound by memory traffic, not FLOPs; the KV cache
+    is taken at the end of a run (its largest size), so this slightly overweights it."""
+    traffic = speed["weights_bytes"] + speed["kv_cache_bytes"]
+    dense = speed[speed["K"] == 0].set_index("granularity")
+    base = speed["granularity"].map(dense["weights_bytes"] + dense["kv_cache_bytes"]).astype(float)
+    return base / traffic
+
+
+def cache_layers(speed: pd.DataFrame) -> int:
+    """The number of layers holding a KV cache in the dense model, from the attention rows of a speed
+    table: dropping K attention sub-layers keeps (L − K)/L of the cache, so L = K / (1 − ratio)."""
+    rows = speed[(speed["granularity"] == "attn") & (speed["K"] > 0)]
+    if rows.empty:
+        raise CompanionError("no attention rows with K > 0 to count the layers from")
+    row = rows.iloc[-1]
+    dense = float(speed[(speed["granularity"] == "attn") & (speed["K"] == 0)]["kv_cache_bytes_expected"].iloc[0])
+    return round(row["K"] / (1 - row["kv_cache_bytes_expected"] / dense))
 
 
 def speedup_efficiency(measured: float, expected: float) -> float:

@@ -52,6 +52,19 @@ def two_stage_verdict(profile: Sequence[float]) -> str:
     return f"two-stage: falls over the first {stage} layers, then rises"
 
 
+def noise_verdict(spread: float, sem: float, std: float) -> str:
+    """Whether an across-layer spread stands out of the per-window noise (``sem``: the largest standard
+    error of a boundary's mean; ``std``: the typical std over windows), in one line."""
+    if _missing(spread) or _missing(sem) or _missing(std):
+        return "cannot tell"
+    if spread < 2 * sem:
+        return f"no: the across-layer spread ({spread:.3g}) is below 2 standard errors ({2 * sem:.3g})"
+    if spread < std:
+        return (f"only on average: the spread ({spread:.3g}) exceeds 2 standard errors ({2 * sem:.3g}) "
+                f"but not one window's std ({std:.3g})")
+    return f"yes: the spread ({spread:.3g}) exceeds one window's std ({std:.3g})"
+
+
 def trend_verdict(rho: float, p: float, alpha: float = 0.05) -> str:
     """A negative depth trend described by its Spearman ρ and p-value (significant if p < alpha)."""
     if _missing(rho) or _missing(p):

@@ -65,24 +65,67 @@ def knn(x: Tensor, k: int = 25) -> Tensor:
     return d * torch.log(r_k + _LOG_EPS).mean(dim=1) + const
 
 
+def token_rms(x: Tensor) -> Tensor:
+    """RMS norm of every token vector, sqrt(mean over features of x²), shape (samples, tokens)."""
+    return _points(x).square().mean(dim=2).sqrt()
+
+
+def rms(x: Tensor) -> Tensor:
+    """Mean over tokens of each token's RMS norm: the scale of the hidden states (not an entropy)."""
+    return token_rms(x).mean(dim=1)
+
+
+def knn_unit(x: Tensor, k: int = 25) -> Tensor:
+    """:func:`knn` on tokens divided by their RMS norm (:func:`token_rms`): scale-free, ours, not the paper's.
+
+    Invariant to scaling each token by its own positive factor, so a profile of it shows the entropy
+    of the hidden states' directions with the growth of their norm over depth taken out.
+    """
+    x = _points(x)
+    return knn(x / token_rms(x).clamp_min(_LOG_EPS)[..., None], k=k)
+
+
+def _histograms(x: Tensor, bins: int) -> Tensor:
+    """Token counts of each dimension's equal-width histogram between its min and max, (samples, dim, bins).
+
+    The max goes into the last bin; a constant dimension puts all tokens in bin 0.
+    """
+    b, n, d = x.shape
+    lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
+    span = hi - lo
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    index = ((x - lo) * (bins / span)).int().clamp_(0, bins - 1)
+    cell = torch.arange(b * d, device=x.device, dtype=torch.int32).view(b, 1, d) * bins  # a histogram per (sample, dim)
+    flat = (cell + index).flatten()  # index_add_ rather than bincount, which syncs with the host on CUDA
+    return x.new_zeros(b * d * bins).index_add_(0, flat, x.new_ones(flat.numel())).view(b, d, bins)
+
+
 def bucket(x: Tensor, bins: int = 80) -> Tensor:
     """Sum over dimensions of the Shannon entropy (nats) of a per-dimension equal-width histogram.
 
     Each dimension gets `bins` bins between its min and max over the sample's tokens, so the estimate
     is invariant to any per-dimension affine map (including sign flips) and lies in [0, d·log bins];
     a constant dimension contributes 0. Memory is O(samples·tokens·dim + samples·dim·bins).
+    This plug-in estimate is biased low by about (m − 1)/(2n) nats per dimension with m occupied bins
+    and n tokens (see :func:`bucket_mm`).
+    """
+    x = _points(x)
+    p = _histograms(x, bins) / x.shape[1]
+    return -torch.special.xlogy(p, p).sum(dim=(1, 2))
+
+
+def bucket_mm(x: Tensor, bins: int = 80) -> Tensor:
+    """:func:`bucket` with the Miller–Madow correction: + Σ over dimensions of (m − 1)/(2n) nats.
+
+    m is the number of occupied bins of a dimension, n the number of tokens. A diagnostic of the plug-in
+    bias, not the paper's estimator.
     """
     x = _points(x)
     b, n, d = x.shape
-    lo, hi = x.amin(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)
-    span = hi - lo
-    span = torch.where(span > 0, span, torch.ones_like(span))  # constant dimension: all tokens in bin 0
-    index = ((x - lo) * (bins / span)).int().clamp_(0, bins - 1)  # the max goes into the last bin
-    cell = torch.arange(b * d, device=x.device, dtype=torch.int32).view(b, 1, d) * bins  # a histogram per (sample, dim)
-    flat = (cell + index).flatten()  # index_add_ rather than bincount, which syncs with the host on CUDA
-    counts = x.new_zeros(b * d * bins).index_add_(0, flat, x.new_ones(flat.numel())).view(b, d, bins)
+    counts = _histograms(x, bins)
     p = counts / n
-    return -torch.special.xlogy(p, p).sum(dim=(1, 2))
+    occupied = (counts > 0).sum(dim=(1, 2)).float()
+    return -torch.special.xlogy(p, p).sum(dim=(1, 2)) + (occupied - d) / (2 * n)
 
 
 def renyi(x: Tensor, alpha: float = 4.0) -> Tensor:
@@ -123,7 +166,8 @@ def angular(x: Tensor, y: Tensor) -> Tensor:
     return (torch.arccos(_token_cosine(x, y).clamp(-1, 1)) / math.pi).mean(dim=1)
 
 
-ENTROPY_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {"knn": knn, "bucket": bucket, "renyi": renyi}
+ENTROPY_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {
+    "knn": knn, "bucket": bucket, "renyi": renyi, "knn_unit": knn_unit, "bucket_mm": bucket_mm}
 SIMILARITY_SCORES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"cosine": cosine, "angular": angular}
 
 

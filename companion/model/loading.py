@@ -19,7 +19,7 @@ from transformers import (
 from companion.errors import CompanionError
 from companion.hub import hub_reachable
 from companion.io import atomic_write_json, sha256_file
-from companion.model.adapters import family_of
+from companion.model.adapters import decoder_layers, family_of
 from companion.model.checkpoints import read_manifest
 from companion.model.embedded import EMBEDDED_MODELS, embedded_model
 from companion.model.surgery import apply_pruning
@@ -56,10 +56,18 @@ class LoadedModel:
             "revision": Path(self.path).name if self.source == "hub" else None,
             "model_type": self.model.config.model_type,
             "num_layers": self.model.config.get_text_config().num_hidden_layers,
+            "parameters": parameter_counts(self.model),
             "fingerprint": checkpoint_fingerprint(self.path) if Path(self.path).is_dir() else None,
             "device": self.device.type,
             "dtype": str(self.dtype).replace("torch.", ""),
         }
+
+
+def parameter_counts(model: PreTrainedModel) -> dict[str, int]:
+    """Parameters of the whole model (tied weights once), of its input embeddings and of its first decoder layer."""
+    return {"total": sum(p.numel() for p in model.parameters()),
+            "embedding": model.get_input_embeddings().weight.numel(),
+            "layer": sum(p.numel() for p in decoder_layers(model)[0].parameters())}
 
 
 def portable_spec(spec: str) -> str:
