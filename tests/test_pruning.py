@@ -73,7 +73,9 @@ def test_drop_order_sorts_ascending_with_ties_by_index_and_protects():
     assert knn.protected == [0]
     assert knn.order == [2, 3, 1, 4]
     assert drop_order(scores, "knn", "attn", "none").order == [0, 2, 3, 1, 4]
-    assert drop_order(scores, "cosine", "attn").order == [4, 1, 2, 0, 3]
+    cosine = drop_order(scores, "cosine", "attn")  # auto protects KNN's compression stage for cosine too
+    assert cosine.protected == [0] and cosine.order == [4, 1, 2, 3]
+    assert drop_order(scores, "cosine", "attn", "none").order == [4, 1, 2, 0, 3]
     with pytest.raises(CompanionError, match="method 'renyi' is not in the scores file"):
         drop_order(scores, "renyi", "attn")
     with pytest.raises(CompanionError, match="unknown granularity"):
