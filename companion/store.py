@@ -142,13 +142,20 @@ def cached(path: str | Path, key: Any, compute: Callable[[], dict], force: bool 
         return write(path, key, compute())
 
 
+EVALUATIONS = "evaluations"  # the folder of a results directory that holds evaluation entries
+
+
 def fingerprint_files(folder: str | Path, suffixes: tuple[str, ...] = (".json", ".csv", ".parquet")) -> str:
-    """sha256 over the relative names and bytes of the files with ``suffixes`` under ``folder``."""
+    """sha256 over the relative names and bytes of the files with ``suffixes`` under ``folder``.
+
+    Evaluation entries (``evaluations/`` folders) are left out: they are intermediate, not committed,
+    and everything read from them is in the sweep and per-example tables, which are fingerprinted.
+    """
     folder = Path(folder)
     hasher = hashlib.sha256()
     if folder.is_dir():
         for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in suffixes
-                           and not p.name.startswith(".")):
+                           and not p.name.startswith(".") and EVALUATIONS not in p.relative_to(folder).parts):
             hasher.update(path.relative_to(folder).as_posix().encode() + b"\0")
             hasher.update(hashlib.sha256(path.read_bytes()).digest())
     return hasher.hexdigest()

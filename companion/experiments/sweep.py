@@ -269,7 +269,7 @@ def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSet
                        progress: bool) -> tuple[list[dict], pd.DataFrame]:
     """Evaluate each distinct pruning once (the dense model once for all); expand to the aggregate rows
     and the per-example table."""
-    cache = out_dir / "evaluations"  # the result store's entries, beside the results
+    cache = out_dir / store.EVALUATIONS  # the result store's entries, beside the results (not committed)
     distinct = {_pruning_id(p) for p in prunings.values()}
     primary = primary_prunings(prunings, settings, orders[0].num_layers) if settings.primary_limit else set()
     wide = replace(eval_settings, limit=settings.primary_limit,

@@ -145,7 +145,7 @@ def protected_layers(scores: dict, protect: str) -> list[int]:
 def baseline_order(name: str, granularity: str, num_layers: int, protected: Iterable[int]) -> DropOrder:
     """A null reference's order of the prunable blocks: ``last`` drops the last ones first,
     ``random:<seed>`` a seeded random permutation (Python's ``random``, so it is stable across versions
-    of numpy and torch)."""
+    of numpy and torch). Its ``values`` are the drop ranks (protected layers rank last)."""
     prunable = [i for i in range(num_layers) if i not in set(protected)]
     if name == "last":
         order = prunable[::-1]
@@ -153,7 +153,9 @@ def baseline_order(name: str, granularity: str, num_layers: int, protected: Iter
         order = random.Random(int(name.split(":")[1])).sample(prunable, len(prunable))
     else:
         raise CompanionError(f"unknown baseline '{name}'; use last or random:<seed>")
-    return DropOrder(name, granularity, order, sorted(set(protected)), [float("nan")] * num_layers, num_layers)
+    ranks = {layer: rank for rank, layer in enumerate(order)}
+    values = [float(ranks.get(layer, len(order))) for layer in range(num_layers)]
+    return DropOrder(name, granularity, order, sorted(set(protected)), values, num_layers)
 
 
 def headline_k(drops: Iterable[int], num_layers: int, fraction: float = HEADLINE_FRACTION) -> int:
