@@ -254,31 +254,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from companion.analysis.runs import resolve_parameters, run_plan
     from companion.experiments import plan as planning
 
+    if args.tflops is None:  # measured on each model
+        _print_run_plan({"profile": args.profile, "model": args.model, "device": args.device, "dtype": args.dtype,
+                         "data_source": args.data_source, "calibration": args.calibration, "tasks": args.tasks,
+                         "limit": args.limit}, sys.stdout)
+        return 0
     prof = profile(args.profile)
     models = [args.model] if args.model else prof["models"]
     run = resolve_parameters({"profile": args.profile, "model": models[0], "device": args.device,
                               "dtype": args.dtype, "data_source": args.data_source, "calibration": args.calibration,
                               "tasks": args.tasks, "limit": args.limit})
-    if args.tflops is None:
-        from companion.model.loading import load_model
+    if not args.model_config:
+        raise CompanionError("--tflops needs --model-config (the model's config.json)")
+    from transformers import AutoConfig
 
-        loaded = load_model(run.model, run.device, run.dtype)
-        plan = run_plan(run, models, planning.tokenizer_lengths(loaded.tokenizer))
-        throughput = planning.measure_throughput(loaded, planning.typical_length(plan), EVAL_BATCH_SIZE)
-    else:
-        if not args.model_config:
-            raise CompanionError("--tflops needs --model-config (the model's config.json)")
-        from transformers import AutoConfig
-
-        try:
-            values = json_module.loads(Path(args.model_config).read_text(encoding="utf-8"))
-            config = AutoConfig.for_model(**values)
-        except (OSError, ValueError, KeyError) as exc:
-            raise CompanionError(f"cannot read the model config {args.model_config} ({exc})") from exc
-        plan = run_plan(run, models, planning.char_lengths(args.chars_per_token))
-        plan.notes.append(f"tokens estimated as characters / {args.chars_per_token:g}")
-        throughput = planning.throughput_from_flops(config, args.tflops, args.mfu, planning.typical_length(plan),
-                                                    args.bandwidth)
+    try:
+        values = json_module.loads(Path(args.model_config).read_text(encoding="utf-8"))
+        config = AutoConfig.for_model(**values)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CompanionError(f"cannot read the model config {args.model_config} ({exc})") from exc
+    plan = run_plan(run, models, planning.char_lengths(args.chars_per_token))
+    plan.notes.append(f"tokens estimated as characters / {args.chars_per_token:g}")
+    throughput = planning.throughput_from_flops(config, args.tflops, args.mfu, planning.typical_length(plan),
+                                                args.bandwidth)
     print(planning.format_plan(plan, throughput))
     return 0
 
@@ -321,8 +319,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_run_plan(parameters: dict) -> None:
-    """The plan of a reproduction, measured on its model, which is then released before the notebooks."""
+def _print_run_plan(parameters: dict, stream=sys.stderr) -> None:
+    """The plan of a reproduction per model (each with its own drop counts and sample sizes), measured on
+    that model, which is then released before the notebooks."""
     import gc
 
     import torch
@@ -335,14 +334,20 @@ def _print_run_plan(parameters: dict) -> None:
     run = resolve_parameters(parameters)
     for calibration in run.calibrations:
         check_available(*parse_calibration(calibration), run.data_source)
-    loaded = load_model(run.model, run.device, run.dtype)
-    plan = run_plan(run, [run.model], planning.tokenizer_lengths(loaded.tokenizer))
-    throughput = planning.measure_throughput(loaded, planning.typical_length(plan), EVAL_BATCH_SIZE)
-    print(planning.format_plan(plan, throughput), file=sys.stderr)
-    del loaded
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    total = 0.0
+    for model in run.models:
+        mine = run.for_model(model)
+        loaded = load_model(mine.model, mine.device, mine.dtype)
+        plan = run_plan(mine, [mine.model], planning.tokenizer_lengths(loaded.tokenizer))
+        throughput = planning.measure_throughput(loaded, planning.typical_length(plan), EVAL_BATCH_SIZE)
+        print(planning.format_plan(plan, throughput), file=stream)
+        total += planning.estimate_seconds(plan, throughput)["total"]
+        del loaded
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if len(run.models) > 1:
+        print(f"estimated time of the {len(run.models)} models together: {planning.duration(total)}", file=stream)
 
 
 def _eval_args(parser: argparse.ArgumentParser) -> None:

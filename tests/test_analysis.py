@@ -286,33 +286,6 @@ def test_headline_k_and_speedup_efficiency():
 NAN = float("nan")
 
 
-def test_compare_by_two_combined_standard_errors():
-    # spread = 2·sqrt(0.03² + 0.04²) = 0.1
-    assert verdicts.compare(0.61, 0.03, 0.5, 0.04) == 1
-    assert verdicts.compare(0.5, 0.03, 0.61, 0.04) == -1
-    assert verdicts.compare(0.59, 0.03, 0.5, 0.04) == 0
-    assert verdicts.compare(0.59, 0.03, 0.5, 0.04, z=1.0) == 1  # spread 0.05
-    assert verdicts.compare(0.5, 0.0, 0.5, 0.0) == 0  # exact values, no difference
-    assert verdicts.compare(0.6, 0.0, 0.5, 0.0) == 1
-    assert verdicts.compare(np.float64(0.9), np.float64(0.01), np.float32(0.5), np.float32(0.01)) == 1
-
-
-@pytest.mark.parametrize("values", [(0.9, None, 0.1, 0.01), (0.9, 0.01, 0.1, NAN), (0.9, np.float32("nan"), 0.1, 0.01),
-                                    (NAN, 0.01, 0.1, 0.01), (0.9, 0.01, None, 0.01)])
-def test_compare_cannot_tell_without_a_standard_error_or_value(values):
-    # even a difference of 0.8 is no verdict when a standard error is unknown: None, never ±1 or 0
-    assert verdicts.compare(*values) is None
-
-
-def test_versus_names_the_winner():
-    assert verdicts.versus(0.5, 0.01, 0.6, 0.01, "KNN", "cosine") == "cosine ahead"
-    assert verdicts.versus(0.7, 0.01, 0.6, 0.01, "KNN", "cosine") == "KNN ahead"
-    assert verdicts.versus(0.61, 0.03, 0.6, 0.04, "KNN", "cosine") == "tie within 2 s.e."
-    assert verdicts.versus(NAN, 0, 1, 0, "a", "b") == "not measured"
-    assert verdicts.versus(0.9, None, 0.1, 0.01, "a", "b") == verdicts.CANNOT_TELL
-    assert verdicts.versus(0.9, 0.01, 0.1, NAN, "a", "b") == verdicts.CANNOT_TELL
-
-
 def test_two_stage_verdict():
     assert verdicts.two_stage_verdict([3, 2, 1, 2, 4]) == "two-stage: falls over the first 2 layers, then rises"
     assert verdicts.two_stage_verdict([3, 1, 2, 2, 2]) == "two-stage: falls over the first 1 layers, then rises"
@@ -340,14 +313,6 @@ def test_ranking():
     assert verdicts.ranking({"a": 1.0, "b": 1.0}) == "a > b"  # ties keep the given order
     assert verdicts.ranking({"a": None, "b": NAN}) == "not measured"
     assert verdicts.ranking({}) == "not measured"
-
-
-def test_threshold_verdict():
-    assert verdicts.threshold_verdict(96, 95) == "reached (≥ 95%)"
-    assert verdicts.threshold_verdict(95.0, 95) == "reached (≥ 95%)"
-    assert verdicts.threshold_verdict(94.99, 95) == "not reached (< 95%)"
-    assert verdicts.threshold_verdict(2.5, 2, unit="×") == "reached (≥ 2×)"
-    assert verdicts.threshold_verdict(NAN, 95) == "not measured"
 
 
 def test_speed_verdict():
@@ -485,20 +450,7 @@ def test_accuracy_numbers_of_the_hand_made_sweep():
     assert numbers["cosine_attn_retention_max"] == pytest.approx(60)
     assert numbers["knn_attn_ppl_max"] == 30 and numbers["cosine_attn_ppl_max"] == 50
     assert numbers["knn_attn_retention_headline"] == pytest.approx(80)
-    assert numbers["knn_headline_verdict"] == "not reached (< 95%)"
-    # retention 80 ± 5 against 60 ± 5: 20 > 2·√50 ≈ 14.1
-    assert numbers["attn_knn_vs_cosine"] == "KNN ahead"
-    assert numbers["attn_bucket_vs_cosine"] == numbers["layer_knn_vs_cosine"] == "not measured"
-    assert math.isnan(numbers["bucket_attn_retention_max"]) and numbers["bucket_headline_verdict"] == "not measured"
-    assert math.isnan(numbers["knn_layer_retention_mean"])
-
-    rows = sweep_rows()
-    for row in rows:
-        if row["method"] == "knn" and row["K"] == 2 and row["task"] == "piqa":
-            row["stderr"] = None
-    frame = tables.sweep_frame(rows)
-    numbers = findings.accuracy_numbers(tables.mean_accuracy(frame), tables.perplexity_table(frame), num_layers=6)
-    assert numbers["attn_knn_vs_cosine"] == verdicts.CANNOT_TELL
+    assert math.isnan(numbers["bucket_attn_retention_max"]) and math.isnan(numbers["knn_layer_retention_mean"])
 
 
 def test_criteria_numbers_of_known_orders():
@@ -543,45 +495,48 @@ def test_estimator_numbers_rank_and_compare_estimators():
     assert math.isnan(numbers["renyi_attn_retention_mean"])
 
 
-def calibration_acc(stderr_k4: float = 0.01, mean_k4: float = 0.30) -> pd.DataFrame:
+def calibration_acc() -> pd.DataFrame:
     rows = []
-    for calibration, k, mean, stderr, dropped in (
-            ("wikitext2", 2, 0.50, 0.01, "1 2"), ("wikitext2", 4, 0.40, 0.01, "1 2 3 4"),
-            ("c4", 2, 0.52, 0.01, "1 2"), ("c4", 4, mean_k4, stderr_k4, "1 3 4 5")):
-        rows.append({"calibration": calibration, "method": "knn", "granularity": "attn", "K": k, "mean": mean,
-                     "stderr": stderr, "dropped": dropped})
+    for calibration, k, dropped in (("wikitext2", 2, "1 2"), ("wikitext2", 4, "1 2 3 4"), ("c4", 2, "1 2"),
+                                    ("c4", 4, "1 3 4 5")):
+        rows.append({"model": "m", "calibration": calibration, "method": "knn", "granularity": "attn", "K": k,
+                     "dropped": dropped})
     return pd.DataFrame(rows)
 
 
-def test_accuracy_differences_and_calibration_numbers():
-    diffs = findings.accuracy_differences(calibration_acc(), "wikitext2", "c4")
-    assert diffs["difference"].tolist() == pytest.approx([0.02, -0.10])
-    assert diffs["stderr"].tolist() == pytest.approx([0.01 * math.sqrt(2)] * 2)
-    assert diffs["same_blocks"].tolist() == [True, False]
+def calibration_examples(flip_k4: int) -> pd.DataFrame:
+    """Per-example rows of knn on two calibration sets: identical at K = 2, ``flip_k4`` of 200 examples
+    right under wikitext2 and wrong under c4 at K = 4."""
+    rows = []
+    for calibration in ("wikitext2", "c4"):
+        for k in (2, 4):
+            for doc in range(200):
+                value = float(doc % 2) if not (k == 4 and doc < flip_k4) else float(calibration == "wikitext2")
+                rows.append({"model": "m", "calibration": calibration, "method": "knn", "granularity": "attn",
+                             "K": k, "task": "piqa", "doc_id": doc, "metric": "acc", "value": value})
+    return pd.DataFrame(rows)
+
+
+def test_calibration_numbers_from_paired_comparisons():
+    from companion.analysis.comparisons import calibration_comparisons
 
     scores = {"wikitext2": estimator_scores(), "c4": hand_scores({("knn", "attn"): [2, 1, 3, 4, 5, 6]})}
-    numbers = findings.calibration_numbers(scores, calibration_acc(), ["knn"], ["attn"], 2, "none")
+    changed = calibration_comparisons(calibration_examples(flip_k4=40), "wikitext2", "c4")
+    assert changed["calibration"].tolist() == ["c4 vs wikitext2"] * 2 and changed["K"].tolist() == [2, 4]
+    numbers = findings.calibration_numbers(scores, calibration_acc(), changed, ["knn"], ["attn"], 2, "none")
     assert numbers["calib_a"] == "wikitext2" and numbers["calib_b"] == "c4"
     assert numbers["calib_spearman_knn_attn"] == pytest.approx(1 - 6 * 2 / 210)
     assert numbers["calib_jaccard_knn_attn_kmax"] == 1  # {0, 1} both times
     assert math.isnan(numbers["calib_spearman_cosine_attn"]) and math.isnan(numbers["calib_jaccard_knn_layer_kmax"])
-    assert numbers["calib_max_acc_diff"] == pytest.approx(10) and numbers["calib_max_acc_diff_se"] == pytest.approx(
-        100 * 0.01 * math.sqrt(2))
-    assert (numbers["calib_beyond_2se"], numbers["calib_unknown_se"], numbers["calib_settings"],
-            numbers["calib_same_blocks"]) == (1, 0, 2, 1)
-    assert numbers["calib_verdict"] == "changes beyond 2 s.e. in 1 of 2 settings"
-
-    within = findings.calibration_numbers(scores, calibration_acc(mean_k4=0.41), ["knn"], ["attn"], 2, "none")
-    assert within["calib_beyond_2se"] == 0 and within["calib_verdict"] == "barely changes: every difference within 2 s.e."
-    unknown = findings.calibration_numbers(scores, calibration_acc(stderr_k4=NAN), ["knn"], ["attn"], 2, "none")
-    assert unknown["calib_unknown_se"] == 1 and unknown["calib_beyond_2se"] == 0
-    assert unknown["calib_verdict"] == "cannot tell: 1 of 2 settings have no standard error"
-    unknown_k6 = calibration_acc().query("K == 4").assign(K=6, stderr=NAN)
-    mixed = findings.calibration_numbers(scores, pd.concat([calibration_acc(), unknown_k6]), ["knn"], ["attn"], 2,
-                                         "none")
-    assert (mixed["calib_beyond_2se"], mixed["calib_unknown_se"], mixed["calib_settings"]) == (1, 1, 3)
-    assert mixed["calib_verdict"] == "changes beyond 2 s.e. in 1 of 3 settings (1 without a standard error)"
-    empty = findings.calibration_numbers(scores, calibration_acc().assign(K=0), ["knn"], ["attn"], 2, "none")
+    # 40 of 200 examples right under wikitext2 and wrong under c4: 20 points
+    assert numbers["calib_max_acc_diff"] == pytest.approx(100 * 40 / 200)
+    assert (numbers["calib_changed"], numbers["calib_settings"], numbers["calib_same_blocks"]) == (1, 2, 1)
+    assert numbers["calib_verdict"].startswith("changes detected in 1 of 2 settings")
+    same = calibration_comparisons(calibration_examples(flip_k4=0), "wikitext2", "c4")
+    within = findings.calibration_numbers(scores, calibration_acc(), same, ["knn"], ["attn"], 2, "none")
+    assert within["calib_changed"] == 0 and within["calib_verdict"].startswith("no change detected in any of 2")
+    assert "tie" not in within["calib_verdict"]
+    empty = findings.calibration_numbers(scores, calibration_acc(), same.iloc[:0], ["knn"], ["attn"], 2, "none")
     assert empty["calib_settings"] == 0 and empty["calib_verdict"] == "not measured"
 
 
@@ -638,3 +593,21 @@ def test_statistics_and_figures_import_neither_torch_nor_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_default_profile_runs_both_models_with_their_own_drops_and_sizes(monkeypatch):
+    layers = {"gemma-3-270m": 18, "smollm2-135m": 30}
+    monkeypatch.setattr("companion.model.loading.model_num_layers", lambda spec: layers[spec])
+    run = runs.resolve_parameters({"profile": "default"})
+    assert run.models == ["gemma-3-270m", "smollm2-135m"] and run.calibration == "c4"
+    gemma, smol = runs.model_runs(run)
+    assert gemma is run and smol.model == "smollm2-135m" and smol.out_dir.name == "smollm2-135m"
+    assert gemma.drops == [0, 2, 5, 7, 9, 11] and smol.drops == [0, 4, 8, 11, 15, 19]  # 1/8 .. 5/8 of the layers
+    assert orders.headline_k(gemma.drops, 18) == 7 and orders.headline_k(smol.drops, 30) == 11
+    first, second = smol.sweep_settings(), smol.sweep_settings("wikitext2")
+    assert first.primary_limit == 250 and smol.limit == 12 and gemma.sweep_settings().primary_limit == 100
+    assert first.protect == second.protect == "first:2,last:1"
+    assert second.drops == [0, 11] and second.primary_limit is None  # the second calibration set: headline K only
+    assert first.baseline_names == ["random:0", "random:1", "random:2", "random:3", "random:4", "last"]
+    assert "seeded random sample of 12 examples per task, 250 for the dense model" in smol.describe_evaluation()
+    assert runs.resolve_parameters({"profile": "default", "model": "smollm2-135m"}).models == ["smollm2-135m"]

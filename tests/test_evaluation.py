@@ -182,3 +182,45 @@ def test_lm_eval_records_are_the_seeded_sample_and_average_to_the_rows(tmp_path)
     best = [max(range(2), key=lambda i: ll[i]) for ll in records["loglik"]]
     labels = [loaded_task("piqa", False, 0)["tasks"]["piqa"].eval_docs[i]["label"] for i in records["doc_id"]]
     assert records["metrics"]["acc"] == [float(b == y) for b, y in zip(best, labels)]
+
+
+@needs_data
+def test_per_example_table_averages_to_the_sweep_and_recomputes_a_comparison(tmp_path, monkeypatch):
+    """A real sweep (tiny model, lm-eval on PIQA and perplexity): every aggregate value is the mean of its
+    per-example rows, and a paired comparison recomputed by hand from those rows agrees."""
+    import numpy as np
+    from scipy.stats import binomtest
+
+    from companion.analysis.comparisons import comparisons
+    from companion.experiments.sweep import read_examples
+
+    scores = {"num_layers": 4, "profiles": {}, "created": "now", "data": {"source": "toy"}, "key_sha256": "0" * 64}
+    scores["blocks"] = [{"layer": i, "granularity": g, "method": m, "value": float((i * (3 if m == "knn" else 5)) % 7)}
+                        for m in ("knn", "cosine") for g in ("attn", "layer") for i in range(4)]
+    monkeypatch.setattr("companion.experiments.sweep.scores_for", lambda *a, **k: scores)
+    loaded = _loaded(make_tiny_model("llama", seed=1))
+    settings = SweepSettings(calibration="toy", methods=["knn", "cosine"], granularities=["attn"], drops=[0, 2],
+                             protect="last:1", random_seeds=2, primary_methods=["knn", "cosine"],
+                             primary_limit=12, primary_ppl_chunks=3)
+    eval_settings = EvalSettings(tasks=["piqa", PERPLEXITY_TASK], limit=6, ppl_seqlen=32, ppl_chunks=2, progress=False)
+    sweep = run_sweep(lambda: loaded, settings, eval_settings, tmp_path, progress=False)
+    examples = read_examples(tmp_path, "toy")
+    assert set(examples["method"]) == {"knn", "cosine", "random:0", "random:1", "last"}
+    for row in sweep["rows"]:
+        mine = examples[(examples["method"] == row["method"]) & (examples["K"] == row["K"])
+                        & (examples["task"] == row["task"])]
+        if row["metric"] == "perplexity":
+            nll, tokens = (mine.loc[mine["metric"] == m, "value"].sum() for m in ("nll", "tokens"))
+            assert row["value"] == pytest.approx(math.exp(nll / tokens), rel=1e-4)
+        else:
+            assert row["value"] == pytest.approx(mine.loc[mine["metric"] == row["metric"], "value"].mean())
+    assert {row["n"] for row in sweep["rows"] if row["task"] == "piqa"} == {6, 12}  # two tiers
+    table = comparisons(examples)
+    got = table[(table["method_a"] == "knn") & (table["method_b"] == "cosine") & (table["metric"] == "accuracy")].iloc[0]
+    a, b = (examples[(examples["method"] == m) & (examples["K"] == 2) & (examples["metric"] == "acc")]
+            .set_index("doc_id")["value"] for m in ("knn", "cosine"))
+    assert got["n"] == 12 and got["diff"] == pytest.approx(100 * (a - b).mean())
+    discordant = int((a != b).sum())
+    expected_p = binomtest(int(((a == 1) & (b == 0)).sum()), discordant, 0.5).pvalue if discordant else 1.0
+    assert got["p_value"] == pytest.approx(expected_p)
+    assert got["ci_low"] <= got["diff"] <= got["ci_high"] and np.isfinite(got["mdd"])

@@ -134,6 +134,26 @@ def comparisons(examples: pd.DataFrame, pairs: Sequence[tuple[str, str]] | None 
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def calibration_comparisons(examples: pd.DataFrame, first: str, second: str, confidence: float = 0.95,
+                            n_resamples: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """The same criterion, granularity and K with the drop order of calibration set ``second`` against
+    that of ``first``, paired on the examples both evaluated: rows with ``calibration`` = ``"second vs
+    first"``, ``method_a`` = ``method_b`` = the criterion (baselines, which ignore the calibration set,
+    are left out)."""
+    rows = []
+    criteria = examples[(examples["K"] != 0) & (examples["method"] != LAST)
+                        & ~examples["method"].str.startswith(RANDOM_PREFIX)]
+    for (model, method, granularity, k), group in criteria.groupby(["model", "method", "granularity", "K"]):
+        a, b = group[group["calibration"] == second], group[group["calibration"] == first]
+        if a.empty or b.empty:
+            continue
+        for metric, result in _compare(a, b, False, confidence, n_resamples, seed):
+            rows.append({"model": model, "calibration": f"{second} vs {first}", "granularity": granularity, "K": k,
+                         "method_a": method, "method_b": method, "metric": metric,
+                         **{key: result[key] for key in COLUMNS[7:]}})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
 def default_pairs(methods: Iterable[str], baselines: bool = True) -> list[tuple[str, str]]:
     """Every pair of the criteria among ``methods`` (in ``METHODS`` order, unknown names after), then,
     with ``baselines``, each criterion against ``last`` and against the pooled ``random`` seeds where

@@ -26,11 +26,11 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-METHOD_LABELS = {"knn": "KNN entropy", "bucket": "Bucket entropy", "renyi": "Rényi entropy",
+METHOD_LABELS = {"last": "last K (baseline)", "random": "random drop sets (baseline)", "knn": "KNN entropy", "bucket": "Bucket entropy", "renyi": "Rényi entropy",
                  "cosine": "Cosine (1 − cos)", "angular": "Angular distance",
                  "knn_unit": "Scale-free KNN entropy (ours, not the paper's)",
                  "bucket_mm": "Bucket entropy, Miller–Madow (ours, not the paper's)"}
-METHOD_COLORS = {"knn": "#0072B2", "bucket": "#009E73", "renyi": "#CC79A7", "cosine": "#D55E00",
+METHOD_COLORS = {"last": "0.35", "random": "0.55", "knn": "#0072B2", "bucket": "#009E73", "renyi": "#CC79A7", "cosine": "#D55E00",
                  "angular": "#E69F00", "knn_unit": "#56B4E9", "bucket_mm": "#7FCDBB"}
 METHOD_MARKERS = {"knn": "o", "bucket": "s", "renyi": "^", "cosine": "D", "angular": "v", "knn_unit": "x",
                   "bucket_mm": "P"}
@@ -232,6 +232,49 @@ def accuracy_figure(acc: pd.DataFrame, *, methods: Sequence[str], granularities:
         _k_axis(ax, acc["K"])
         ax.legend(loc="lower left")
     axes[0, 0].set_ylabel("mean accuracy over tasks" if y == "mean" else "retention (% of dense accuracy)")
+    return _finish(fig, title, caption)
+
+
+@_styled
+def evidence_figure(acc: pd.DataFrame, band: pd.DataFrame, *, methods: Sequence[str], granularities: Sequence[str],
+                    title: str, caption: str, y: str = "mean") -> Figure:
+    """Accuracy (``y="mean"``) or retention above chance (``y="chance_retention"``) against K: one row of
+    panels per model, one panel per granularity; criteria with ±1 s.e. error bars, the ``last`` baseline
+    dashed, the random drop sets as their mean over seeds with the range of the seeds shaded
+    (``band``: :func:`companion.analysis.tables.random_band` of the same column), and reference lines
+    for the dense model and chance."""
+    models = list(dict.fromkeys(acc["model"]))
+    fig, axes = _figure(len(models), len(granularities), width=4.2 * len(granularities) + 0.6,
+                        height=3.4 * len(models) + 0.6, sharey=y != "mean")
+    error = {"mean": "stderr"}.get(y)
+    for row, model in enumerate(models):
+        for col, granularity in enumerate(granularities):
+            ax = axes[row, col]
+            here = acc[(acc["model"] == model) & (acc["granularity"] == granularity)]
+            seeds = band[(band["model"] == model) & (band["granularity"] == granularity)].sort_values("K")
+            if len(seeds):
+                ax.fill_between(seeds["K"], seeds["min"], seeds["max"], color=color("random"), alpha=0.25, lw=0)
+                ax.plot(seeds["K"], seeds["mean"], color=color("random"), lw=1.4, marker=".",
+                        label=f"{label('random')}: mean and range of {int(seeds['seeds'].max())} seeds")
+            for index, method in enumerate([*methods, "last"]):
+                rows = here[here["method"] == method].sort_values("K")
+                if rows.empty:
+                    continue
+                ax.errorbar(_dodge(rows["K"], index, len(methods) + 1), rows[y],
+                            yerr=rows[error].fillna(0) if error else None, color=color(method),
+                            ls="--" if method == "last" else "-", marker=METHOD_MARKERS.get(method, "."), ms=4,
+                            capsize=3 if error else 0, lw=1.4, label=label(method))
+            dense = here.loc[here["K"] == 0, y]
+            reference = 100.0 if y != "mean" else (float(dense.iloc[0]) if len(dense) else math.nan)
+            floor = 0.0 if y != "mean" else float(here["chance"].iloc[0]) if len(here) else math.nan
+            ax.axhline(reference, color="0.2", ls=":", lw=1.2, label="dense model")
+            ax.axhline(floor, color="#B22222", ls="-.", lw=1.0, label="chance")
+            ax.set_title(f"{model}: {GRANULARITY_LABELS.get(granularity, granularity)}")
+            _k_axis(ax, here["K"])
+            if row == 0 and col == 0:
+                ax.legend(loc="best", fontsize=7.5)
+        axes[row, 0].set_ylabel("mean accuracy over tasks" if y == "mean"
+                                else "retention above chance (% of dense − chance)")
     return _finish(fig, title, caption)
 
 

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from companion.analysis.comparisons import chance_retention, holm, paired_accuracy, verdict
 from companion.analysis.tables import (
     dense_accuracy,
     drop_set_overlap,
@@ -20,13 +22,10 @@ from companion.analysis.tables import (
     speedup_efficiency,
 )
 from companion.analysis.verdicts import (
-    compare,
     ranking,
     speed_verdict,
-    threshold_verdict,
     trend_verdict,
     two_stage_verdict,
-    versus,
 )
 from companion.method.orders import compression_stage, drop_order, headline_k
 from companion.names import PERPLEXITY_TASK
@@ -98,9 +97,9 @@ def accuracy_numbers(acc: pd.DataFrame, ppl: pd.DataFrame, num_layers: int) -> d
     """Accuracy-vs-pruning numbers: ``dense_accuracy`` (and ``_stderr``), ``dense_perplexity``, ``k_max``;
     per method ``m`` and granularity ``g`` (knn/bucket/renyi/cosine × attn/layer): ``{m}_{g}_accuracy_max``,
     ``{m}_{g}_retention_max`` (at the largest K), ``{m}_{g}_retention_mean`` (over K > 0),
-    ``{m}_{g}_ppl_max``; per granularity ``{g}_knn_vs_cosine`` and ``{g}_bucket_vs_cosine`` (retention at
-    the largest K, 2 s.e. rule); the headline: ``headline_k`` (largest K ≤ 37.5% of the layers),
-    ``headline_pct``, ``{m}_attn_retention_headline`` and ``{m}_headline_verdict`` (≥ 95%?)."""
+    ``{m}_{g}_ppl_max``; the headline: ``headline_k`` (the K closest to 37.5% of the layers),
+    ``headline_pct``, ``{m}_attn_retention_headline``. The verdicts (paired, with intervals) are
+    :func:`evidence_numbers`'."""
     dense, dense_se = dense_accuracy(acc)
     k_max = int(acc["K"].max())
     ks = sorted(acc["K"].unique())
@@ -120,15 +119,6 @@ def accuracy_numbers(acc: pd.DataFrame, ppl: pd.DataFrame, num_layers: int) -> d
             numbers[f"{m}_{g}_retention_mean"] = mean_retention(acc, m, g)
             numbers[f"{m}_{g}_ppl_max"] = lookup(ppl, "perplexity", **where) if len(ppl) else float("nan")
         numbers[f"{m}_attn_retention_headline"] = lookup(acc, "retention", method=m, granularity="attn", K=head)
-        numbers[f"{m}_headline_verdict"] = threshold_verdict(numbers[f"{m}_attn_retention_headline"],
-                                                             HEADLINE_RETENTION)
-    for g in STANDARD_GRANULARITIES:
-        cos = {"method": "cosine", "granularity": g, "K": k_max}
-        for m in ("knn", "bucket"):
-            where = {"method": m, "granularity": g, "K": k_max}
-            numbers[f"{g}_{m}_vs_cosine"] = versus(
-                lookup(acc, "retention", **where), lookup(acc, "retention_stderr", **where),
-                lookup(acc, "retention", **cos), lookup(acc, "retention_stderr", **cos), NAMES[m], "cosine")
     return numbers
 
 
@@ -152,13 +142,17 @@ def criteria_numbers(scores: dict, granularities: Sequence[str], k_max: int, met
 
 
 def estimator_numbers(scores: dict, acc: pd.DataFrame, estimators: Sequence[str], granularities: Sequence[str],
-                      k_max: int, protect: str = "auto") -> dict[str, Any]:
+                      k_max: int, protect: str = "auto", comparisons: pd.DataFrame | None = None) -> dict[str, Any]:
     """Estimator-comparison numbers per granularity ``g``: ``estimator_ranking_{g}`` (by retention averaged
-    over K > 0, best first), ``best_estimator_{g}``, ``renyi_last_{g}`` (yes/no), pairwise
-    ``spearman_{a}_{b}_{g}`` and ``jaccard_{a}_{b}_{g}_kmax`` for the pairs of knn/bucket/renyi."""
+    over the K > 0 every estimator was evaluated at, best first), ``best_estimator_{g}``, ``renyi_last_{g}``
+    (yes/no), pairwise ``spearman_{a}_{b}_{g}``, ``jaccard_{a}_{b}_{g}_kmax`` and, from the paired
+    ``comparisons`` rows of this model and calibration set (if given), ``{g}_{a}_vs_{b}`` (verdict at the
+    shared K closest to the headline) for the pairs of knn/bucket/renyi."""
     numbers: dict[str, Any] = {}
     for g in granularities:
-        retention = {e: mean_retention(acc, e, g) for e in estimators}
+        shared = set.intersection(*(set(acc.loc[(acc["method"] == e) & (acc["granularity"] == g) & (acc["K"] > 0), "K"])
+                                    for e in estimators)) if estimators else set()
+        retention = {e: mean_retention(acc, e, g, ks=shared) for e in estimators}
         order = ranking(retention)
         numbers[f"estimator_ranking_{g}"] = order.replace("knn", "KNN").replace("renyi", "Rényi")
         names = order.split(" > ")
@@ -177,32 +171,28 @@ def estimator_numbers(scores: dict, acc: pd.DataFrame, estimators: Sequence[str]
                     numbers[f"spearman_{a}_{b}_{g}"] = numbers[f"jaccard_{a}_{b}_{g}_kmax"] = float("nan")
         for e in STANDARD_ENTROPY:
             numbers[f"{e}_{g}_retention_mean"] = retention.get(e, float("nan"))
+        numbers[f"estimator_ks_{g}"] = ", ".join(map(str, sorted(shared))) or "none"
+        for i, a in enumerate(STANDARD_ENTROPY):
+            for b in STANDARD_ENTROPY[i + 1:]:
+                rows = (comparisons[(comparisons["granularity"] == g) & (comparisons["method_a"] == a)
+                                    & (comparisons["method_b"] == b) & (comparisons["metric"] == "accuracy")
+                                    & comparisons["K"].isin(shared)] if comparisons is not None else pd.DataFrame())
+                numbers[f"{g}_{a}_vs_{b}"] = (verdict(rows.sort_values("K").iloc[-1].to_dict(), NAMES[a], NAMES[b])
+                                              if len(rows) else "not measured")
     return numbers
 
 
-def accuracy_differences(acc: pd.DataFrame, first: str, second: str) -> pd.DataFrame:
-    """Mean accuracy on calibration ``second`` minus ``first`` for each (method, granularity, K > 0), with
-    the combined standard error and whether the two settings dropped the same blocks."""
-    keys = ["method", "granularity", "K"]
-    a = acc[(acc["calibration"] == first) & (acc["K"] > 0)].set_index(keys)
-    b = acc[(acc["calibration"] == second) & (acc["K"] > 0)].set_index(keys)
-    both = a.merge(b, left_index=True, right_index=True, suffixes=("_a", "_b"))
-    out = pd.DataFrame({"difference": both["mean_b"] - both["mean_a"],
-                        "stderr": np.sqrt(both["stderr_a"] ** 2 + both["stderr_b"] ** 2),
-                        "same_blocks": both["dropped_a"] == both["dropped_b"]})
-    return out.reset_index()
-
-
-def calibration_numbers(scores: Mapping[str, dict], acc: pd.DataFrame, methods: Sequence[str],
-                        granularities: Sequence[str], k_max: int, protect: str = "auto") -> dict[str, Any]:
+def calibration_numbers(scores: Mapping[str, dict], acc: pd.DataFrame, comparisons: pd.DataFrame,
+                        methods: Sequence[str], granularities: Sequence[str], k_max: int, protect: str = "auto",
+                        model: str | None = None) -> dict[str, Any]:
     """Calibration-ablation numbers comparing the first two calibration sets ``a`` and ``b``:
     ``calib_a``, ``calib_b``; per method ``m`` (knn/bucket/renyi/cosine) and granularity ``g``:
-    ``calib_spearman_{m}_{g}`` (per-layer scores of a vs b) and ``calib_jaccard_{m}_{g}_kmax``;
-    ``calib_max_acc_diff`` (largest absolute change of mean accuracy over method × granularity × K > 0, in accuracy
-    points, i.e. × 100), ``calib_max_acc_diff_se``, ``calib_beyond_2se`` (how many of ``calib_settings``
-    differ by more than 2 s.e.), ``calib_unknown_se`` (how many have no standard error),
-    ``calib_same_blocks`` (settings with identical drop sets) and ``calib_verdict`` ("cannot tell" when no
-    difference is beyond 2 s.e. but a standard error is missing)."""
+    ``calib_spearman_{m}_{g}`` (per-layer scores of a vs b) and ``calib_jaccard_{m}_{g}_kmax``; from the
+    paired comparisons of each criterion's pruning under b against a (rows ``"b vs a"`` of
+    ``comparisons``, of ``model``): ``calib_max_acc_diff`` (largest absolute difference, accuracy
+    points) and ``calib_max_acc_diff_ci`` (its 95 % CI), ``calib_changed`` (settings with a difference,
+    exact McNemar, Holm-adjusted p < 0.05) of ``calib_settings``, ``calib_same_blocks`` (settings with
+    identical drop sets) and ``calib_verdict``."""
     first, second = list(scores)[:2]
     numbers: dict[str, Any] = {"calib_a": first, "calib_b": second}
     for m in STANDARD_METHODS:
@@ -216,27 +206,35 @@ def calibration_numbers(scores: Mapping[str, dict], acc: pd.DataFrame, methods: 
                                                          else float("nan"))
             else:
                 numbers[f"calib_spearman_{m}_{g}"] = numbers[f"calib_jaccard_{m}_{g}_kmax"] = float("nan")
-    diffs = accuracy_differences(acc, first, second)
-    if diffs.empty:
-        numbers.update(calib_max_acc_diff=float("nan"), calib_max_acc_diff_se=float("nan"), calib_beyond_2se=0,
-                       calib_unknown_se=0, calib_settings=0, calib_same_blocks=0, calib_verdict="not measured")
+    rows = comparisons[(comparisons["calibration"] == f"{second} vs {first}") & (comparisons["metric"] == "accuracy")]
+    if model is not None:
+        rows = rows[rows["model"] == model]
+    same = _same_blocks(acc, first, second)
+    if rows.empty:
+        numbers.update(calib_max_acc_diff=float("nan"), calib_max_acc_diff_ci="not measured", calib_changed=0,
+                       calib_settings=0, calib_same_blocks=same, calib_verdict="not measured")
         return numbers
-    worst = diffs.loc[diffs["difference"].abs().idxmax()]
-    outcomes = [compare(d, se, 0.0, 0.0) for d, se in zip(diffs["difference"], diffs["stderr"])]
-    beyond = sum(v in (1, -1) for v in outcomes)
-    unknown = outcomes.count(None)
-    if beyond:
-        verdict = f"changes beyond 2 s.e. in {beyond} of {len(diffs)} settings" + (
-            f" ({unknown} without a standard error)" if unknown else "")
-    elif unknown:
-        verdict = f"cannot tell: {unknown} of {len(diffs)} settings have no standard error"
+    worst = rows.loc[rows["diff"].abs().idxmax()]
+    changed = int((holm(rows["p_value"].to_numpy()) < SIGNIFICANCE).sum())
+    interval = f"95 % CI {worst['ci_low']:.1f} to {worst['ci_high']:.1f}"
+    if changed:
+        verdict = (f"changes detected in {changed} of {len(rows)} settings (exact McNemar, Holm-adjusted "
+                   f"p < {SIGNIFICANCE:g})")
     else:
-        verdict = "barely changes: every difference within 2 s.e."
-    numbers.update(calib_max_acc_diff=100 * abs(float(worst["difference"])),
-                   calib_max_acc_diff_se=100 * float(worst["stderr"]), calib_beyond_2se=beyond,
-                   calib_unknown_se=unknown, calib_settings=len(diffs),
-                   calib_same_blocks=int(diffs["same_blocks"].sum()), calib_verdict=verdict)
+        verdict = (f"no change detected in any of {len(rows)} settings (exact McNemar, Holm-adjusted); the "
+                   f"largest difference is {worst['diff']:+.1f} points ({interval})")
+    numbers.update(calib_max_acc_diff=abs(float(worst["diff"])), calib_max_acc_diff_ci=interval,
+                   calib_changed=changed, calib_settings=len(rows), calib_same_blocks=same, calib_verdict=verdict)
     return numbers
+
+
+def _same_blocks(acc: pd.DataFrame, first: str, second: str) -> int:
+    """Settings (method, granularity, K > 0) in which the two calibration sets drop identical blocks."""
+    keys = ["model", "method", "granularity", "K"]
+    a = acc[(acc["calibration"] == first) & (acc["K"] > 0)].set_index(keys)["dropped"]
+    b = acc[(acc["calibration"] == second) & (acc["K"] > 0)].set_index(keys)["dropped"]
+    both = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner")
+    return int((both["a"] == both["b"]).sum())
 
 
 def speed_numbers(speed: pd.DataFrame) -> dict[str, Any]:
@@ -285,3 +283,117 @@ def glue_values(values: Mapping[str, Any]) -> pd.DataFrame:
         glue(key, value, display=False)
     shown = [f"{v:.6g}" if isinstance(v, float) else str(v) for v in clean.values()]
     return pd.DataFrame({"key": list(clean), "value": shown}).set_index("key")
+
+
+# ---------------------------------------------------------------- the evidence: paired comparisons
+
+PRIMARY_PAIR = ("knn", "cosine")
+SIGNIFICANCE = 0.05
+
+
+def evidence_numbers(comparisons: pd.DataFrame, examples: pd.DataFrame, acc: pd.DataFrame, ppl: pd.DataFrame,
+                     model: str, calibration: str, num_layers: int, prefix: str) -> dict[str, Any]:
+    """The verdicts of one model, read from its rows of the comparisons table (``prefix`` names the model's
+    glue keys, ``m1``/``m2``), at the headline K (the K closest to 37.5 % of the layers) on ``calibration``:
+
+    ``{p}_model``, ``{p}_num_layers``, ``{p}_headline_k``, ``{p}_headline_pct``, ``{p}_drops``,
+    ``{p}_n_primary`` and ``{p}_n_other`` (examples per pruning over all tasks); per granularity ``g``:
+    ``{p}_{g}_knn_vs_cosine`` (verdict with its 95 % CI), ``{p}_{g}_knn_vs_cosine_halfwidth``,
+    ``{p}_{g}_knn_vs_cosine_mdd`` (smallest difference the run could detect, 80 % power),
+    ``{p}_{g}_knn_vs_cosine_ppl``, ``{p}_{g}_{m}_vs_{b}`` for m in knn/cosine and b in random/last,
+    ``{p}_{g}_{m}_retention`` (% of dense, with its CI, text) and ``{p}_{g}_{m}_chance_retention``,
+    ``{p}_{g}_{m}_headline_verdict`` (95 % of dense kept?), and over every K > 0 of the curve
+    ``{p}_{g}_curve_verdict`` (how many K each criterion is ahead at, Holm-adjusted p < 0.05).
+    """
+    here = comparisons[(comparisons["model"] == model) & (comparisons["calibration"] == calibration)]
+    ks = sorted(k for k in acc.loc[acc["model"] == model, "K"].unique())
+    head = headline_k(ks, num_layers)
+    rows = examples[(examples["model"] == model) & (examples["calibration"] == calibration)]
+    tasks = sorted(t for t in rows["task"].unique() if t != PERPLEXITY_TASK)
+    sizes = rows[rows["metric"] == "acc"].groupby(["method", "granularity", "K"])["doc_id"].count()
+    numbers: dict[str, Any] = {
+        f"{prefix}_model": model, f"{prefix}_num_layers": num_layers, f"{prefix}_headline_k": head,
+        f"{prefix}_headline_pct": 100 * head / num_layers, f"{prefix}_drops": ", ".join(map(str, ks)),
+        f"{prefix}_n_primary": int(sizes.max()) if len(sizes) else 0,
+        f"{prefix}_n_other": int(sizes.min()) if len(sizes) else 0,
+    }
+
+    def row(g: str, k: int, a: str, b: str, metric: str = "accuracy") -> dict:
+        found = here[(here["granularity"] == g) & (here["K"] == k) & (here["method_a"] == a)
+                     & (here["method_b"] == b) & (here["metric"] == metric)]
+        return found.iloc[0].to_dict() if len(found) else {}
+
+    dense = {g: _dense_rows(rows, g) for g in STANDARD_GRANULARITIES}
+    for g in STANDARD_GRANULARITIES:
+        primary = row(g, head, *PRIMARY_PAIR)
+        numbers[f"{prefix}_{g}_knn_vs_cosine"] = verdict(primary, "KNN", "cosine")
+        numbers[f"{prefix}_{g}_knn_vs_cosine_halfwidth"] = (primary["ci_high"] - primary["ci_low"]) / 2 if primary else math.nan
+        numbers[f"{prefix}_{g}_knn_vs_cosine_mdd"] = primary.get("mdd", math.nan)
+        numbers[f"{prefix}_{g}_knn_vs_cosine_ppl"] = verdict(row(g, head, *PRIMARY_PAIR, "perplexity"), "KNN", "cosine")
+        for m in PRIMARY_PAIR:
+            for b in ("random", "last"):
+                numbers[f"{prefix}_{g}_{m}_vs_{b}"] = verdict(row(g, head, m, b), NAMES[m], f"{b} K" if b == "last"
+                                                              else "random drop sets")
+            pruned = rows[(rows["method"] == m) & (rows["granularity"] == g) & (rows["K"] == head)]
+            numbers.update(_retention_numbers(pruned, dense[g], tasks, acc, model, calibration, m, g, head,
+                                              f"{prefix}_{g}_{m}"))
+        numbers[f"{prefix}_{g}_curve_verdict"] = _curve_verdict(here, g)
+    return numbers
+
+
+def _dense_rows(rows: pd.DataFrame, granularity: str) -> pd.DataFrame:
+    """The dense model's per-example rows (K = 0, one method's copy)."""
+    dense = rows[(rows["K"] == 0) & (rows["granularity"] == granularity)]
+    return dense[dense["method"] == dense["method"].iloc[0]] if len(dense) else dense
+
+
+def _retention_numbers(pruned: pd.DataFrame, dense: pd.DataFrame, tasks: Sequence[str], acc: pd.DataFrame,
+                       model: str, calibration: str, method: str, granularity: str, k: int, key: str) -> dict[str, Any]:
+    """Retention (% of dense) of one pruning with its 95 % CI from the paired difference to the dense
+    model on the same examples, retention above chance, and whether 95 % is kept."""
+    where = {"model": model, "calibration": calibration, "method": method, "granularity": granularity}
+    base = lookup(acc, "mean", **where, K=0)
+    chance = lookup(acc, "chance", **where, K=k)
+    if pruned.empty or dense.empty or math.isnan(base):
+        return {f"{key}_retention": "not measured", f"{key}_chance_retention": math.nan,
+                f"{key}_headline_verdict": "not measured"}
+    diff = paired_accuracy(pruned, dense, tasks)
+    kept = [100 * (1 + d / (100 * base)) for d in (diff["diff"], diff["ci_low"], diff["ci_high"])]
+    above = chance_retention(base + diff["diff"] / 100, base, chance)
+    if kept[1] >= HEADLINE_RETENTION:
+        headline = f"reached: the 95 % CI of the retention ({kept[1]:.1f} to {kept[2]:.1f} %) is above 95 %"
+    elif kept[2] < HEADLINE_RETENTION:
+        headline = f"not reached: the 95 % CI of the retention ({kept[1]:.1f} to {kept[2]:.1f} %) is below 95 %"
+    else:
+        headline = f"cannot tell: the 95 % CI of the retention ({kept[1]:.1f} to {kept[2]:.1f} %) contains 95 %"
+    return {f"{key}_retention": f"{kept[0]:.1f} % (95 % CI {kept[1]:.1f} to {kept[2]:.1f})",
+            f"{key}_chance_retention": above, f"{key}_headline_verdict": headline}
+
+
+def _curve_verdict(comparisons: pd.DataFrame, granularity: str) -> str:
+    """How many K > 0 of the curve each primary criterion is ahead at, Holm-adjusted over those K."""
+    a, b = PRIMARY_PAIR
+    rows = comparisons[(comparisons["granularity"] == granularity) & (comparisons["method_a"] == a)
+                       & (comparisons["method_b"] == b) & (comparisons["metric"] == "accuracy")]
+    if rows.empty:
+        return "not measured"
+    significant = holm(rows["p_value"].to_numpy()) < SIGNIFICANCE
+    ahead_a = int((significant & (rows["diff"].to_numpy() > 0)).sum())
+    ahead_b = int((significant & (rows["diff"].to_numpy() < 0)).sum())
+    return (f"{NAMES[a]} ahead at {ahead_a}, {NAMES[b]} at {ahead_b}, no detectable difference at "
+            f"{len(rows) - ahead_a - ahead_b} of {len(rows)} K (exact McNemar, Holm-adjusted over the K, p < 0.05)")
+
+
+def missing_model_numbers(prefix: str) -> dict[str, Any]:
+    """The glue keys of :func:`evidence_numbers` for a model the run does not have, as "not measured"."""
+    numbers: dict[str, Any] = {f"{prefix}_model": "not measured", f"{prefix}_drops": "not measured",
+                               **{f"{prefix}_{k}": math.nan for k in ("num_layers", "headline_k", "headline_pct",
+                                                                      "n_primary", "n_other")}}
+    for g in STANDARD_GRANULARITIES:
+        texts = ["knn_vs_cosine", "knn_vs_cosine_ppl", "curve_verdict"]
+        texts += [f"{m}_vs_{b}" for m in PRIMARY_PAIR for b in ("random", "last")]
+        texts += [f"{m}_{what}" for m in PRIMARY_PAIR for what in ("retention", "headline_verdict")]
+        numbers.update({f"{prefix}_{g}_{t}": "not measured" for t in texts})
+        numbers.update({f"{prefix}_{g}_{t}": math.nan for t in ("knn_vs_cosine_halfwidth", "knn_vs_cosine_mdd",
+                                                                *(f"{m}_chance_retention" for m in PRIMARY_PAIR))})
+    return numbers

@@ -144,14 +144,20 @@ class Run:
         return f"{calibration or self.calibration}: {self.samples} samples × {self.seqlen} tokens, seed {self.seed}"
 
     def describe_evaluation(self) -> str:
-        """The tasks, the example limit and the perplexity setting, in words."""
+        """The tasks, the example samples and the perplexity setting, in words."""
         tasks = [task_label(t) for t in self.tasks if t != PERPLEXITY_TASK]
-        limit = "all examples" if self.limit is None else f"first {self.limit} examples per task"
+        sweep = self.sweep_settings()
+        limit = "all examples" if self.limit is None else f"a seeded random sample of {self.limit} examples per task"
+        if sweep.primary_limit and self.limit is not None:
+            limit += (f", {sweep.primary_limit} for the dense model and {', '.join(sweep.primary_methods)} at the "
+                      "headline K")
         text = f"zero-shot {', '.join(tasks) or 'no tasks'} ({limit})"
         if PERPLEXITY_TASK in self.tasks:
             cap = self.eval_settings().ppl_windows
             windows = "all windows" if cap is None else "1 window" if cap == 1 else f"{cap} windows"
             text += f"; WikiText-2 perplexity over {windows} of {self.ppl_seqlen} tokens"
+            if sweep.primary_ppl_chunks:
+                text += f" ({sweep.primary_ppl_chunks} at the headline K)"
         return text
 
     def describe_model(self, scores: Mapping[str, Any] | None = None) -> str:
@@ -243,6 +249,56 @@ def ensure_sweep(run: Run, calibration: str | None = None) -> pd.DataFrame:
     sweep = run_sweep(run.loaded, run.sweep_settings(calibration), run.eval_settings(), run.out_dir,
                       run.identity(), progress=False)
     return sweep_frame(sweep["rows"])
+
+
+def model_runs(run: Run) -> list[Run]:
+    """One run per model of the profile (or the one model the parameters name), the first being ``run``."""
+    return [run.for_model(model) for model in run.models]
+
+
+def ensure_examples(run: Run, calibration: str | None = None) -> pd.DataFrame:
+    """The tidy per-example table of ``run``'s sweep on ``calibration`` (the sweep is computed if needed)."""
+    from companion.experiments.sweep import read_examples
+
+    ensure_sweep(run, calibration)
+    return read_examples(run.out_dir, calibration or run.calibration)
+
+
+def comparisons_path(run: Run) -> Path:
+    """Where a profile's comparisons table lives: ``{results_dir}/{profile}/comparisons.csv``."""
+    return run.results_dir / run.profile / "comparisons.csv"
+
+
+def ensure_comparisons(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-example tables of every model and calibration set of ``run``'s profile, and the paired
+    comparisons computed from them: criteria and baselines within each calibration set
+    (:func:`companion.analysis.comparisons.comparisons`) and each criterion across the first two
+    calibration sets (:func:`~companion.analysis.comparisons.calibration_comparisons`).
+
+    The table is stored (``comparisons.json``, keyed by the per-example tables' hashes and the code that
+    compares them) and written as ``comparisons.csv``; it is reused while neither changes.
+    """
+    from companion import store
+    from companion.analysis import comparisons as paired
+    from companion.experiments.sweep import examples_path
+    from companion.io import atomic_write_text, sha256_file
+
+    members = [(r, c) for r in model_runs(run) for c in r.calibrations]
+    examples = pd.concat([ensure_examples(r, c) for r, c in members], ignore_index=True)
+    key = {"kind": "comparisons", "code": sha256_file(paired.__file__),
+           "examples": {f"{r.model}/{c}": sha256_file(examples_path(r.out_dir, c)) for r, c in members}}
+
+    def compute() -> dict:
+        parts = [paired.comparisons(examples)]
+        if len(run.calibrations) > 1:
+            parts.append(paired.calibration_comparisons(examples, run.calibrations[0], run.calibrations[1]))
+        table = pd.concat(parts, ignore_index=True)
+        atomic_write_text(comparisons_path(run), table.to_csv(index=False, lineterminator="\n"))
+        return {"rows": table.astype(object).where(table.notna(), None).to_dict("records")}
+
+    stored = store.cached(comparisons_path(run).with_suffix(".json"), key, compute)
+    table = pd.DataFrame(stored["rows"], columns=paired.COLUMNS)
+    return examples, table.astype({c: float for c in ("diff", "ci_low", "ci_high", "p_value", "se", "mdd")})
 
 
 def speed_settings(run: Run, method: str, granularities: Sequence[str]) -> dict:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from companion.analysis.comparisons import RANDOM_PREFIX, chance_accuracy
 from companion.errors import CompanionError
 from companion.method.orders import DropOrder, compression_stage, drop_order
 from companion.names import GRANULARITIES, PERPLEXITY_TASK
@@ -276,7 +277,9 @@ def mean_accuracy(sweep: pd.DataFrame) -> pd.DataFrame:
 
     ``stderr`` of the mean is sqrt(Σ se²) / n_tasks (tasks independent; NaN if a task has none).
     ``retention`` is 100 × mean / dense mean, the dense model being K = 0 of the same model and
-    calibration; ``retention_stderr`` treats the dense mean as exact. Perplexity is left out.
+    calibration; ``retention_stderr`` treats the dense mean as exact. ``chance`` is the mean chance
+    accuracy of the tasks and ``chance_retention`` = 100 × (mean − chance) / (dense − chance), the share
+    of the dense model's accuracy above chance that is kept (0 % = chance). Perplexity is left out.
     """
     tasks = task_accuracy(sweep)
     if tasks.empty:
@@ -293,7 +296,19 @@ def mean_accuracy(sweep: pd.DataFrame) -> pd.DataFrame:
     base = np.array([dense.get((m, c), np.nan) for m, c in zip(acc["model"], acc["calibration"])])
     acc["retention"] = 100 * acc["mean"] / base
     acc["retention_stderr"] = 100 * acc["stderr"] / base
+    acc["chance"] = [chance_accuracy(tasks.split()) for tasks in acc["tasks"]]
+    above = base - acc["chance"]
+    acc["chance_retention"] = np.where(above != 0, 100 * (acc["mean"] - acc["chance"]) / above, np.nan)
     return acc
+
+
+def random_band(acc: pd.DataFrame, column: str = "mean") -> pd.DataFrame:
+    """The random drop sets pooled per (model, calibration, granularity, K): the mean of ``column`` over
+    the ``random:<seed>`` rows of a :func:`mean_accuracy` table, its minimum and maximum, and the seeds."""
+    rows = acc[acc["method"].str.startswith(RANDOM_PREFIX)]
+    keys = ["model", "calibration", "granularity", "K"]
+    band = rows.groupby(keys)[column].agg(["mean", "min", "max", "count"]).reset_index()
+    return band.rename(columns={"count": "seeds"})
 
 
 def perplexity_table(sweep: pd.DataFrame) -> pd.DataFrame:
@@ -322,9 +337,13 @@ def lookup(table: pd.DataFrame, column: str, **where: Any) -> float:
     return float(values.iloc[0]) if len(values) else float("nan")
 
 
-def mean_retention(acc: pd.DataFrame, method: str, granularity: str, calibration: str | None = None) -> float:
-    """Retention averaged over the sweep's K > 0 (one number for how gracefully accuracy decays)."""
+def mean_retention(acc: pd.DataFrame, method: str, granularity: str, calibration: str | None = None,
+                   ks: Iterable[int] | None = None) -> float:
+    """Retention averaged over the sweep's K > 0 (one number for how gracefully accuracy decays), or over
+    ``ks`` only (to compare methods evaluated at different K on the K they share)."""
     rows = acc[(acc["method"] == method) & (acc["granularity"] == granularity) & (acc["K"] > 0)]
+    if ks is not None:
+        rows = rows[rows["K"].isin(list(ks))]
     if calibration is not None:
         rows = rows[rows["calibration"] == calibration]
     return float(rows["retention"].mean()) if len(rows) else float("nan")

@@ -10,36 +10,9 @@ from typing import Any
 
 from companion.method.orders import compression_stage
 
-CANNOT_TELL = "cannot tell: no standard error"
-
-
-def compare(a: float, a_se: float, b: float, b_se: float, z: float = 2.0) -> int | None:
-    """+1 if a > b by more than z combined standard errors, −1 if below, 0 within; None (cannot tell)
-    if a value or a standard error is missing (None or NaN), so an unknown s.e. never passes for zero."""
-    if any(map(_missing, (a, a_se, b, b_se))):
-        return None
-    spread = z * math.sqrt(a_se ** 2 + b_se ** 2)
-    if a - b > spread:
-        return 1
-    if b - a > spread:
-        return -1
-    return 0
-
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, numbers.Real) and math.isnan(value))
-
-
-def versus(a: float, a_se: float, b: float, b_se: float, a_name: str, b_name: str) -> str:
-    """``"KNN ahead"``, ``"cosine ahead"`` or ``"tie within 2 s.e."`` (see :func:`compare`); ``"not
-    measured"`` if a value is missing and ``CANNOT_TELL`` if only a standard error is."""
-    if any(map(_missing, (a, b))):
-        return "not measured"
-    result = compare(a, a_se, b, b_se)
-    if result is None:
-        return CANNOT_TELL
-    return {1: f"{a_name} ahead", -1: f"{b_name} ahead", 0: "tie within 2 s.e."}[result]
-
 
 def two_stage_verdict(profile: Sequence[float]) -> str:
     """Whether an entropy profile (L+1 boundary values) falls first and then rises to above its minimum."""
@@ -80,13 +53,6 @@ def ranking(values: Mapping[str, float]) -> str:
     """Names sorted by value, best first: ``"bucket > knn > renyi"`` (NaN values left out)."""
     ordered = sorted(((v, k) for k, v in values.items() if not _missing(v)), key=lambda t: -t[0])
     return " > ".join(k for _, k in ordered) or "not measured"
-
-
-def threshold_verdict(value: float, threshold: float, unit: str = "%") -> str:
-    """``"reached (≥ 95%)"`` or ``"not reached (< 95%)"``."""
-    if _missing(value):
-        return "not measured"
-    return f"reached (≥ {threshold:g}{unit})" if value >= threshold else f"not reached (< {threshold:g}{unit})"
 
 
 def speed_verdict(efficiency: float, good: float = 0.8, above: float = 1.2) -> str:

@@ -22,7 +22,7 @@ import contextlib
 import io
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from companion.errors import CompanionError
@@ -261,7 +261,8 @@ def measure_throughput(loaded, seqlen: int, batch_size: int, repeats: int = 3) -
                       f"of {batch_size} × {seqlen} tokens, 8 decode steps")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Seconds in words: ``45 s``, ``12 min`` or ``1.5 h``."""
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:
@@ -298,9 +299,9 @@ def format_plan(plan: Plan, throughput: Throughput | None = None) -> str:
     if throughput is not None:
         est = estimate_seconds(plan, throughput)
         lines += [f"  estimated time (an estimate: tokens / throughput, every pruning at the dense cost): "
-                  f"{_duration(est['total'])} in all, per model {_duration(est['per_model'])} = scoring "
-                  f"{_duration(est['scoring'])} + evaluation {_duration(est['evaluation'])} + speed "
-                  f"{_duration(est['speed'])}",
+                  f"{duration(est['total'])} in all, per model {duration(est['per_model'])} = scoring "
+                  f"{duration(est['scoring'])} + evaluation {duration(est['evaluation'])} + speed "
+                  f"{duration(est['speed'])}",
                   f"  throughput: {throughput.tokens_per_second:,.0f} tokens/s forward, "
                   f"{throughput.decode_step_seconds * 1e3:.1f} ms per decode step ({throughput.source})"]
     return "\n".join(lines)
