@@ -77,7 +77,7 @@ def test_paper_profile_end_to_end_offline(tmp_path):
         sweep = _companion("sweep", "--profile", "paper", "--model", model, "--limit", LIMIT,
                            "--calibration", "c4,wikitext2", "--out", str(results / "paper"), cwd=tmp_path, env=env)
         assert sweep.returncode == 0, sweep.stderr[-3000:]
-        assert "at most 17 distinct" in sweep.stderr and "boolq*" in sweep.stderr and "estimate" in sweep.stderr
+        assert "at most 29 distinct" in sweep.stderr and "boolq*" in sweep.stderr and "estimate" in sweep.stderr
         assert "clipped to K = 1" in sweep.stderr and "3 distinct prunings × 14 tasks" in sweep.stderr
         rows = json.loads((results / "paper" / model_slug(model) / "sweep_c4.json").read_text())["rows"]
         assert {r["task"] for r in rows} == {*PAPER_TASKS, *GUESSED_PAPER_TASKS, PERPLEXITY_TASK}

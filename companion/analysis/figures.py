@@ -138,7 +138,7 @@ def entropy_profile_figure(bands: Mapping[str, pd.DataFrame], stages: Mapping[st
 
 def _heatmap(ax, data: pd.DataFrame, value_label: str, clip_percentile: float, ylabels: Sequence[str]) -> None:
     """A ΔH heatmap centred at zero (red adds entropy, blue removes it), its scale clipped at the
-    ``clip_percentile`` percentile of |ΔH| so one or two extreme blocks do not wash out the rest; the
+    ``clip_percentile`` percentile of the absolute ΔH so one or two extreme blocks do not wash out the rest; the
     colour bar says where it is clipped."""
     magnitude = np.abs(data.to_numpy(dtype=float))
     bound = float(np.nanpercentile(magnitude, clip_percentile)) or float(np.nanmax(magnitude)) or 1.0
@@ -156,7 +156,7 @@ def delta_heatmap_figure(matrices: Mapping[str, pd.DataFrame], *, title: str, ca
                          value_label: str = "ΔH (nats)", clip_percentile: float = 95) -> Figure:
     """Heatmaps of ΔH, layers across and granularities down, one panel per estimator, each on its own
     colour scale centred at zero (red adds entropy, blue removes it) and clipped at the
-    ``clip_percentile`` percentile of |ΔH|; the colour bar says where."""
+    ``clip_percentile`` percentile of the absolute ΔH; the colour bar says where."""
     n = len(matrices)
     num_layers = max(len(m) for m in matrices.values())
     fig, axes = _figure(n, 1, width=max(6.4, 0.32 * num_layers + 2), height=1.3 + 1.5 * n)

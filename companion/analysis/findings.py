@@ -386,9 +386,9 @@ def _curve_verdict(comparisons: pd.DataFrame, granularity: str) -> str:
 
 def missing_model_numbers(prefix: str) -> dict[str, Any]:
     """The glue keys of :func:`evidence_numbers` for a model the run does not have, as "not measured"."""
-    numbers: dict[str, Any] = {f"{prefix}_model": "not measured", f"{prefix}_drops": "not measured",
-                               **{f"{prefix}_{k}": math.nan for k in ("num_layers", "headline_k", "headline_pct",
-                                                                      "n_primary", "n_other")}}
+    numbers: dict[str, Any] = {f"{prefix}_{k}": "not measured" for k in ("model", "drops", "num_layers", "headline_k",
+                                                                          "n_primary", "n_other")}
+    numbers[f"{prefix}_headline_pct"] = math.nan
     for g in STANDARD_GRANULARITIES:
         texts = ["knn_vs_cosine", "knn_vs_cosine_ppl", "curve_verdict"]
         texts += [f"{m}_vs_{b}" for m in PRIMARY_PAIR for b in ("random", "last")]

@@ -12,7 +12,7 @@ A smaller limit draws a subset of a larger one's sample (the first ``limit`` of 
 Each (pruning, task) result is stored as its own JSON file under the key of :mod:`companion.store`
 (model identity, pruning, task, task data, few-shot, limit and sample seed, backend, numerics),
 written atomically, so reruns skip finished work and an interrupted sweep resumes. Beside the
-aggregate rows it keeps **per-example records** (:func:`records`): for each document its id, ``acc``
+aggregate rows it keeps **per-example records** (:class:`Records`): for each document its id, ``acc``
 (and ``acc_norm``) and the log-likelihood of each choice; for each perplexity window its negative
 log-likelihood sum and token count.
 """

@@ -82,7 +82,7 @@ class SweepSettings:
 
     @property
     def baseline_names(self) -> list[str]:
-        """The baseline orders: ``random:0`` … ``random:<seeds-1>`` and ``last``, as chosen."""
+        """Names of the baseline orders, ``random:0`` … ``random:<seeds-1>`` and ``last``, as chosen."""
         names = [f"random:{seed}" for seed in range(self.random_seeds)] if "random" in self.baselines else []
         return names + (["last"] if "last" in self.baselines else [])
 

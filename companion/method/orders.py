@@ -4,7 +4,7 @@ A drop order sorts the prunable blocks by score ascending: entropy increase ΔH 
 1 − cos (or the angular distance) for similarity methods; ties go by layer index. Protected layers are
 never dropped, and every criterion of one run protects the same layers: a fixed rule such as the
 paper code's ``first:2,last:1``, or ``auto``, the compression stage detected on the KNN entropy
-profile (:data:`AUTO_REFERENCE`), applied to every criterion alike.
+profile (``AUTO_REFERENCE``), applied to every criterion alike.
 
 Two null references use the same protected layers: ``random:<seed>`` (a seeded random order of the
 prunable blocks) and ``last`` (the last prunable blocks first). Pure Python (no torch), so the
@@ -135,7 +135,7 @@ def drop_order(scores: dict, method: str, granularity: str, protect: str = "auto
 
 def protected_layers(scores: dict, protect: str) -> list[int]:
     """The layers ``protect`` shields for every criterion of a scores file (``auto``: the compression
-    stage of the :data:`AUTO_REFERENCE` entropy profile)."""
+    stage of the ``AUTO_REFERENCE`` entropy profile)."""
     profile = scores["profiles"].get(AUTO_REFERENCE) if protect == "auto" else None
     if protect == "auto" and profile is None:
         raise CompanionError(f"--protect auto needs the {AUTO_REFERENCE} entropy profile in the scores file")
