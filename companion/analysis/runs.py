@@ -89,6 +89,13 @@ class Run:
         return [m for m in self.methods if m in SIMILARITY_METHODS]
 
     @property
+    def label(self) -> str:
+        """How the run's result tables name its model (a local folder by its name, never its path)."""
+        from companion.model.loading import portable_spec
+
+        return portable_spec(self.model)
+
+    @property
     def figures_dir(self) -> Path:
         """Where the notebooks save their figures (PNG and SVG)."""
         return self.out_dir / "figures"
@@ -164,7 +171,7 @@ class Run:
         """The model in words (the embedded registry's description), with its embedding and per-layer
         share of the parameters when ``scores`` (whose ``model`` provenance counts them) are given."""
         parameters = (scores or {}).get("model", {}).get("parameters")
-        return describe_model(self.model, parameters)
+        return describe_model(self.label, parameters)
 
     def caption(self, calibration: str | Sequence[str] | None = None, evaluation: bool = False) -> str:
         """The caption text of a figure: model, profile, calibration set and sizes, evaluation limits."""
