@@ -229,10 +229,12 @@ def calibration_numbers(scores: Mapping[str, dict], acc: pd.DataFrame, compariso
 
 
 def _same_blocks(acc: pd.DataFrame, first: str, second: str) -> int:
-    """Settings (method, granularity, K > 0) in which the two calibration sets drop identical blocks."""
+    """Settings (criterion, granularity, K > 0) in which the two calibration sets drop identical blocks
+    (the baselines, which ignore the calibration set, left out)."""
     keys = ["model", "method", "granularity", "K"]
-    a = acc[(acc["calibration"] == first) & (acc["K"] > 0)].set_index(keys)["dropped"]
-    b = acc[(acc["calibration"] == second) & (acc["K"] > 0)].set_index(keys)["dropped"]
+    criteria = acc[(acc["K"] > 0) & acc["method"].isin(STANDARD_METHODS)]
+    a = criteria[criteria["calibration"] == first].set_index(keys)["dropped"]
+    b = criteria[criteria["calibration"] == second].set_index(keys)["dropped"]
     both = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner")
     return int((both["a"] == both["b"]).sum())
 
