@@ -41,7 +41,7 @@ PROFILES: dict[str, dict] = {
         "speed_drops": [0, 4], "speed_prompt": 64, "speed_new_tokens": 4, "speed_repeats": 1,
         "device": "auto", "dtype": "auto", "data_source": "auto", "protect": "first:2,last:1",
         "curve_methods": ["knn", "cosine"], "primary_methods": ["knn", "cosine"], "baselines": ["random", "last"],
-        "random_seeds": 2, "primary_limit": 12, "primary_ppl_chunks": 2,
+        "random_seeds": 2,
     },
     "default": {
         "models": ["gemma-3-270m", "smollm2-135m"], "calibrations": ["c4", "wikitext2"], "samples": 64, "seqlen": 256,
