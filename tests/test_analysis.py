@@ -611,3 +611,20 @@ def test_default_profile_runs_both_models_with_their_own_drops_and_sizes(monkeyp
     assert first.baseline_names == ["random:0", "random:1", "random:2", "random:3", "random:4", "last"]
     assert "seeded random sample of 12 examples per task, 250 for the dense model" in smol.describe_evaluation()
     assert runs.resolve_parameters({"profile": "default", "model": "smollm2-135m"}).models == ["smollm2-135m"]
+
+
+def test_retention_above_chance_and_the_random_band():
+    rows = sweep_rows()
+    for seed, accs in enumerate(((0.5, 0.2), (0.7, 0.4))):
+        for k, (piqa, arc) in ((0, (0.6, 0.4)), (2, accs)):
+            rows += [{**row, "method": f"random:{seed}", "K": k, "value": value}
+                     for row, value in (({**rows[0], "task": "piqa"}, piqa), ({**rows[2], "task": "arc_easy"}, arc))]
+    acc = tables.mean_accuracy(tables.sweep_frame(rows))
+    knn = acc[(acc["method"] == "knn") & (acc["K"] == 2)].iloc[0]
+    # dense 0.5, chance (0.5 + 0.25) / 2 = 0.375: knn's 0.4 keeps (0.4 − 0.375) / (0.5 − 0.375) = 20 % above chance
+    assert knn["chance"] == pytest.approx(0.375) and knn["chance_retention"] == pytest.approx(20)
+    assert knn["retention"] == pytest.approx(80)
+    band = tables.random_band(acc)
+    at2 = band[band["K"] == 2].iloc[0]
+    assert at2["seeds"] == 2 and at2["min"] == pytest.approx(0.35) and at2["max"] == pytest.approx(0.55)
+    assert at2["mean"] == pytest.approx(0.45)
