@@ -13,11 +13,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from companion.analysis.comparisons import RANDOM_PREFIX, chance_accuracy
+from companion.analysis.comparisons import RANDOM_PREFIX, chance_accuracy, chance_retention
 from companion.errors import CompanionError
 from companion.method.orders import DropOrder, compression_stage, drop_order
 from companion.names import GRANULARITIES, PERPLEXITY_TASK
-
 
 
 # ---------------------------------------------------------------- entropy profiles
@@ -297,8 +296,7 @@ def mean_accuracy(sweep: pd.DataFrame) -> pd.DataFrame:
     acc["retention"] = 100 * acc["mean"] / base
     acc["retention_stderr"] = 100 * acc["stderr"] / base
     acc["chance"] = [chance_accuracy(tasks.split()) for tasks in acc["tasks"]]
-    above = base - acc["chance"]
-    acc["chance_retention"] = np.where(above != 0, 100 * (acc["mean"] - acc["chance"]) / above, np.nan)
+    acc["chance_retention"] = [chance_retention(*values) for values in zip(acc["mean"], base, acc["chance"])]
     return acc
 
 

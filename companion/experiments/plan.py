@@ -23,7 +23,7 @@ import io
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from companion.errors import CompanionError
 from companion.names import GUESS_NOTE, GUESSED_PAPER_TASKS, PERPLEXITY_TASK
@@ -136,7 +136,7 @@ def count_task(task: str, settings, lengths: Lengths) -> TaskCount:
     lm-eval tasks are built as the evaluation builds them (offline configs or the Hub) and their requests
     are generated with the same limit; perplexity counts the WikiText-2 test windows.
     """
-    from companion.experiments.evaluation import task_manager_for
+    from companion.experiments.evaluation import loaded_task, sample_indices
     from companion.method.calibration import load_rows
 
     if task == PERPLEXITY_TASK:
@@ -146,12 +146,11 @@ def count_task(task: str, settings, lengths: Lengths) -> TaskCount:
         return TaskCount(task, windows, windows, windows * settings.ppl_seqlen)
     docs = requests = tokens = 0
     with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's and datasets' progress bars
-        leaves = list(task_manager_for(task, settings.online).load([task])["tasks"].values())
+        leaves = list(loaded_task(task, settings.online, settings.num_fewshot)["tasks"].values())
     for leaf in leaves:
-        if settings.num_fewshot:
-            leaf.set_config(key="num_fewshot", value=settings.num_fewshot)
+        chosen = sample_indices(len(leaf.eval_docs), settings.limit, settings.sample_seed)
         with contextlib.redirect_stderr(io.StringIO()):
-            leaf.build_all_requests(limit=settings.limit, rank=0, world_size=1)
+            leaf.build_all_requests(samples=chosen, rank=0, world_size=1)
         pairs = [(inst.arguments[0], inst.arguments[1] if len(inst.arguments) > 1 else "") for inst in leaf.instances]
         docs += len({inst.doc_id for inst in leaf.instances})
         requests += len(pairs)
@@ -170,8 +169,7 @@ def build_plan(models: Sequence[str], sweeps: Sequence, eval_settings, lengths: 
     plan = Plan(list(models), [s.calibration for s in sweeps], first.samples, first.seqlen, prunings, False,
                 [count_task(task, eval_settings, lengths) for task in eval_settings.tasks], eval_settings.limit)
     if primary and first.primary_limit:
-        wide = replace(eval_settings, limit=first.primary_limit,
-                       ppl_chunks=first.primary_ppl_chunks or eval_settings.ppl_chunks)
+        wide = first.primary_evaluation(eval_settings)
         plan.primary_prunings, plan.primary_limit = primary, first.primary_limit
         plan.primary_tasks = [count_task(task, wide, lengths) for task in wide.tasks]
     if speed:

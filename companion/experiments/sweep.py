@@ -86,6 +86,10 @@ class SweepSettings:
         names = [f"random:{seed}" for seed in range(self.random_seeds)] if "random" in self.baselines else []
         return names + (["last"] if "last" in self.baselines else [])
 
+    def primary_evaluation(self, settings: EvalSettings) -> EvalSettings:
+        """``settings`` with the primary tier's example limit and perplexity windows."""
+        return replace(settings, limit=self.primary_limit, ppl_chunks=self.primary_ppl_chunks or settings.ppl_chunks)
+
 
 def model_drops(prof: dict, num_layers: int | None) -> list[int]:
     """A profile's drop counts for a model: at its ``drop_fractions`` of the layers where the profile
@@ -272,8 +276,7 @@ def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSet
     cache = out_dir / store.EVALUATIONS  # the result store's entries, beside the results (not committed)
     distinct = {_pruning_id(p) for p in prunings.values()}
     primary = primary_prunings(prunings, settings, orders[0].num_layers) if settings.primary_limit else set()
-    wide = replace(eval_settings, limit=settings.primary_limit,
-                   ppl_chunks=settings.primary_ppl_chunks or eval_settings.ppl_chunks)
+    wide = settings.primary_evaluation(eval_settings)
     entries, params = {}, {}
     dense_params = count_parameters(loaded.model)
     bar = tqdm(total=len(distinct) * len(eval_settings.tasks), desc="evaluations", unit="eval", disable=not progress)
