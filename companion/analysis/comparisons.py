@@ -27,6 +27,7 @@ from statsmodels.stats.multitest import multipletests
 
 from companion.names import CHANCE, METHODS, PERPLEXITY_TASK, primary_metric
 
+DENSE = "dense"  # method_b of a comparison against the dense model (K = 0) on the same examples
 LAST = "last"
 RANDOM = "random"  # method_b of a comparison against the random drop sets pooled over their seeds
 RANDOM_PREFIX = "random:"
@@ -151,6 +152,24 @@ def calibration_comparisons(examples: pd.DataFrame, first: str, second: str, con
             rows.append({"model": model, "calibration": f"{second} vs {first}", "granularity": granularity, "K": k,
                          "method_a": method, "method_b": method, "metric": metric,
                          **{key: result[key] for key in COLUMNS[7:]}})
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def dense_comparisons(examples: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 2000,
+                      seed: int = 0) -> pd.DataFrame:
+    """Each criterion's pruning at every K > 0 against the dense model (K = 0) of the same model,
+    calibration set and granularity, paired on the examples both evaluated: rows with ``method_b`` =
+    ``"dense"``, whose accuracy ``diff`` and interval give the retention with its interval."""
+    rows = []
+    criteria = examples[(examples["method"] != LAST) & ~examples["method"].str.startswith(RANDOM_PREFIX)]
+    for (model, calibration, granularity), group in criteria.groupby(["model", "calibration", "granularity"]):
+        dense = group[group["K"] == 0]
+        dense = dense[dense["method"] == dense["method"].iloc[0]] if len(dense) else dense
+        for (method, k), pruned in group[group["K"] != 0].groupby(["method", "K"]):
+            for metric, result in _compare(pruned, dense, False, confidence, n_resamples, seed) if len(dense) else []:
+                rows.append({"model": model, "calibration": calibration, "granularity": granularity, "K": k,
+                             "method_a": method, "method_b": DENSE, "metric": metric,
+                             **{key: result[key] for key in COLUMNS[7:]}})
     return pd.DataFrame(rows, columns=COLUMNS)
 
 

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from companion.analysis.comparisons import chance_retention, holm, paired_accuracy, verdict
+from companion.analysis.comparisons import DENSE, chance_retention, holm, verdict
 from companion.analysis.tables import (
     dense_accuracy,
     drop_set_overlap,
@@ -293,8 +293,8 @@ PRIMARY_PAIR = ("knn", "cosine")
 SIGNIFICANCE = 0.05
 
 
-def evidence_numbers(comparisons: pd.DataFrame, examples: pd.DataFrame, acc: pd.DataFrame, ppl: pd.DataFrame,
-                     model: str, calibration: str, num_layers: int, prefix: str) -> dict[str, Any]:
+def evidence_numbers(comparisons: pd.DataFrame, examples: pd.DataFrame, acc: pd.DataFrame, model: str,
+                     calibration: str, num_layers: int, prefix: str) -> dict[str, Any]:
     """The verdicts of one model, read from its rows of the comparisons table (``prefix`` names the model's
     glue keys, ``m1``/``m2``), at the headline K (the K closest to 37.5 % of the layers) on ``calibration``:
 
@@ -311,7 +311,6 @@ def evidence_numbers(comparisons: pd.DataFrame, examples: pd.DataFrame, acc: pd.
     ks = sorted(k for k in acc.loc[acc["model"] == model, "K"].unique())
     head = headline_k(ks, num_layers)
     rows = examples[(examples["model"] == model) & (examples["calibration"] == calibration)]
-    tasks = sorted(t for t in rows["task"].unique() if t != PERPLEXITY_TASK)
     sizes = rows[rows["metric"] == "acc"].groupby(["method", "granularity", "K"])["doc_id"].count()
     numbers: dict[str, Any] = {
         f"{prefix}_model": model, f"{prefix}_num_layers": num_layers, f"{prefix}_headline_k": head,
@@ -325,7 +324,6 @@ def evidence_numbers(comparisons: pd.DataFrame, examples: pd.DataFrame, acc: pd.
                      & (here["method_b"] == b) & (here["metric"] == metric)]
         return found.iloc[0].to_dict() if len(found) else {}
 
-    dense = {g: _dense_rows(rows, g) for g in STANDARD_GRANULARITIES}
     for g in STANDARD_GRANULARITIES:
         primary = row(g, head, *PRIMARY_PAIR)
         numbers[f"{prefix}_{g}_knn_vs_cosine"] = verdict(primary, "KNN", "cosine")
@@ -336,32 +334,21 @@ def evidence_numbers(comparisons: pd.DataFrame, examples: pd.DataFrame, acc: pd.
             for b in ("random", "last"):
                 numbers[f"{prefix}_{g}_{m}_vs_{b}"] = verdict(row(g, head, m, b), NAMES[m], f"{b} K" if b == "last"
                                                               else "random drop sets")
-            pruned = rows[(rows["method"] == m) & (rows["granularity"] == g) & (rows["K"] == head)]
-            numbers.update(_retention_numbers(pruned, dense[g], tasks, acc, model, calibration, m, g, head,
-                                              f"{prefix}_{g}_{m}"))
+            where = {"model": model, "calibration": calibration, "method": m, "granularity": g}
+            numbers.update(_retention_numbers(row(g, head, m, DENSE), lookup(acc, "mean", **where, K=0),
+                                              lookup(acc, "chance", **where, K=head), f"{prefix}_{g}_{m}"))
         numbers[f"{prefix}_{g}_curve_verdict"] = _curve_verdict(here, g)
     return numbers
 
 
-def _dense_rows(rows: pd.DataFrame, granularity: str) -> pd.DataFrame:
-    """The dense model's per-example rows (K = 0, one method's copy)."""
-    dense = rows[(rows["K"] == 0) & (rows["granularity"] == granularity)]
-    return dense[dense["method"] == dense["method"].iloc[0]] if len(dense) else dense
-
-
-def _retention_numbers(pruned: pd.DataFrame, dense: pd.DataFrame, tasks: Sequence[str], acc: pd.DataFrame,
-                       model: str, calibration: str, method: str, granularity: str, k: int, key: str) -> dict[str, Any]:
-    """Retention (% of dense) of one pruning with its 95 % CI from the paired difference to the dense
-    model on the same examples, retention above chance, and whether 95 % is kept."""
-    where = {"model": model, "calibration": calibration, "method": method, "granularity": granularity}
-    base = lookup(acc, "mean", **where, K=0)
-    chance = lookup(acc, "chance", **where, K=k)
-    if pruned.empty or dense.empty or math.isnan(base):
+def _retention_numbers(versus_dense: Mapping[str, Any], dense: float, chance: float, key: str) -> dict[str, Any]:
+    """Retention (% of the dense accuracy ``dense``) of one pruning with its 95 % CI, from its paired
+    comparison row against the dense model; retention above ``chance``; and whether 95 % is kept."""
+    if not versus_dense or math.isnan(dense):
         return {f"{key}_retention": "not measured", f"{key}_chance_retention": math.nan,
                 f"{key}_headline_verdict": "not measured"}
-    diff = paired_accuracy(pruned, dense, tasks)
-    kept = [100 * (1 + d / (100 * base)) for d in (diff["diff"], diff["ci_low"], diff["ci_high"])]
-    above = chance_retention(base + diff["diff"] / 100, base, chance)
+    kept = [100 * (1 + versus_dense[c] / (100 * dense)) for c in ("diff", "ci_low", "ci_high")]
+    above = chance_retention(dense + versus_dense["diff"] / 100, dense, chance)
     if kept[1] >= HEADLINE_RETENTION:
         headline = f"reached: the 95 % CI of the retention ({kept[1]:.1f} to {kept[2]:.1f} %) is above 95 %"
     elif kept[2] < HEADLINE_RETENTION:

@@ -296,7 +296,7 @@ def ensure_comparisons(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
            "examples": {f"{r.model}/{c}": sha256_file(examples_path(r.out_dir, c)) for r, c in members}}
 
     def compute() -> dict:
-        parts = [paired.comparisons(examples)]
+        parts = [paired.comparisons(examples), paired.dense_comparisons(examples)]
         if len(run.calibrations) > 1:
             parts.append(paired.calibration_comparisons(examples, run.calibrations[0], run.calibrations[1]))
         table = pd.concat(parts, ignore_index=True)
