@@ -48,11 +48,11 @@ PROFILES: dict[str, dict] = {
         "seed": 2024, "methods": ["knn", "bucket", "renyi", "cosine"], "granularities": ["attn", "layer"],
         "drop_fractions": [0.125, 0.25, 0.375, 0.5, 0.625], "curve_methods": ["knn", "cosine"],
         "primary_methods": ["knn", "cosine"], "baselines": ["random", "last"], "random_seeds": 5,
-        "tasks": ["piqa", "arc_easy", "hellaswag", "winogrande", "wikitext2_ppl"], "limit": 12, "primary_limit": 250,
+        "tasks": ["piqa", "arc_easy", "hellaswag", "winogrande", "wikitext2_ppl"], "limit": 10, "primary_limit": 380,
         "ppl_seqlen": 512, "ppl_chunks": 1, "primary_ppl_chunks": 16,
         "speed_drops": [0, 4, 8], "speed_prompt": 256, "speed_new_tokens": 32, "speed_repeats": 3,
         "device": "auto", "dtype": "auto", "data_source": "auto", "protect": "first:2,last:1",
-        "models_overrides": {"gemma-3-270m": {"limit": 10, "primary_limit": 100}},
+        "models_overrides": {"gemma-3-270m": {"limit": 8, "primary_limit": 400}},
     },
     "paper": {
         "models": ["meta-llama/Llama-3.1-8B", "mistralai/Mistral-7B-v0.3"], "calibrations": ["c4:train", "wikitext2"],

@@ -35,9 +35,9 @@ def counted(monkeypatch):
     """Replace lm-eval by a stub that counts calls and returns a value depending on the pruning."""
     calls = []
 
-    def fake(loaded, task, settings):
+    def fake(lm, task, settings):
         calls.append(task)
-        pruning = getattr(loaded.model, "companion_pruning", None)
+        pruning = getattr(lm.model, "companion_pruning", None)
         value = 0.5 + 0.01 * len(pruning.layers if pruning else [])
         rows = [{"task": task, "metric": "acc", "value": value, "stderr": 0.01, "n": settings.limit}]
         return rows, {"task": [task], "doc_id": [0], "metrics": {"acc": [value]}, "loglik": [[-1.0, -2.0]]}

@@ -146,6 +146,26 @@ def test_pruned_model_matches_stock(tokenizer, granularity: str, layers: list[in
     assert [greedy for _, greedy in fast] == [greedy for _, greedy in stock]
 
 
+def test_probe_runs_once_per_model_and_module_classes(tokenizer, monkeypatch) -> None:
+    """A sweep's prunings reuse the probe: dense and layer-pruned share module classes, attention adds one."""
+    from companion.model.surgery import Pruning, temporarily_pruned
+
+    calls = []
+    probe = FastHFLM._passes_probe
+    monkeypatch.setattr(FastHFLM, "_passes_probe", lambda self: calls.append(1) or probe(self))
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(CONFIGS["gemma3"]()).eval()
+    assert _lm(model, tokenizer, True, 4)._fast and _lm(model, tokenizer, True, 4)._fast
+    assert len(calls) == 1
+    for granularity, layers in [("attn", [0]), ("attn", [1]), ("layer", [0])]:
+        with temporarily_pruned(model, Pruning(granularity, layers)):
+            assert _lm(model, tokenizer, True, 4)._fast
+    assert len(calls) == 2
+    other = transformers.AutoModelForCausalLM.from_config(CONFIGS["gemma3"]()).eval()
+    _lm(other, tokenizer, True, 4)
+    assert len(calls) == 3
+
+
 def test_requests_sharing_a_context_start_share_one_prefix(model, tokenizer) -> None:
     lm = _lm(model, tokenizer, True, 4)
     requests = [(None, [5, 6, 7, 8], [9]), (None, [5, 6, 7, 10], [9, 4]), (None, [5, 6, 7, 8], [11]),

@@ -119,7 +119,7 @@ def test_evaluations_follow_the_model_and_dtype(tmp_path, tiny_checkpoint, monke
     from companion.model.loading import load_model
 
     calls = []
-    monkeypatch.setattr(evaluation, "run_lm_eval", lambda loaded, task, settings: calls.append(task) or ([
+    monkeypatch.setattr(evaluation, "run_lm_eval", lambda lm, task, settings: calls.append(task) or ([
         {"task": task, "metric": "acc", "value": 0.5, "stderr": 0.1, "n": 2}], None))
     model = tiny_checkpoint("llama")
     settings = EvalSettings(tasks=["piqa"], limit=2)

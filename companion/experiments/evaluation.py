@@ -24,7 +24,7 @@ import functools
 import io
 import math
 import sys
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +43,9 @@ from companion.model.surgery import Pruning
 from companion.names import PERPLEXITY_TASK
 from companion.paths import cache_dir
 from companion.profiles import EVAL_BATCH_SIZE
+
+if TYPE_CHECKING:
+    from lm_eval.models.huggingface import HFLM
 
 DATA_SOURCES = ("auto", "hub", "local")
 SAMPLE_SEED = 1234  # the seed of every task's example sample (lm-eval's default few-shot seed, too)
@@ -201,20 +204,29 @@ def loaded_task(task: str, online: bool, num_fewshot: int) -> dict:
         if task_obj.get_config("num_fewshot") != 0:
             task_obj.set_config(key="num_fewshot", value=num_fewshot)
         task_obj.set_fewshot_seed(seed=SAMPLE_SEED)
+        _hold_eval_docs(task_obj)
     return loaded
 
 
-def run_lm_eval(loaded: LoadedModel, task: str, settings: EvalSettings) -> tuple[list[dict], Records]:
-    """Evaluate the (possibly pruned) in-memory model on one lm-eval task or group, on the seeded sample
-    of ``settings.limit`` examples of each (sub)task; aggregate rows and per-example records."""
-    from lm_eval.evaluator import evaluate as lm_eval_evaluate
+def _hold_eval_docs(task_obj) -> None:
+    """Make ``task_obj`` read its evaluation documents from a list built once.
 
-    from companion.experiments.fastlm import make_lm
+    lm-eval re-runs ``process_docs`` and formats every Arrow row of the split each time a task reads
+    its documents (to pick a sample, it walks them all), about a second per pruning on HellaSwag.
+    """
+    docs = list(task_obj.eval_docs)
+    setattr(task_obj, "test_docs" if task_obj.has_test_docs() else "validation_docs", lambda: docs)
+
+
+def run_lm_eval(lm: HFLM, task: str, settings: EvalSettings) -> tuple[list[dict], Records]:
+    """Evaluate lm-eval model ``lm`` (wrapping the possibly pruned in-memory model) on one lm-eval task
+    or group, on the seeded sample of ``settings.limit`` examples of each (sub)task; aggregate rows and
+    per-example records."""
+    from lm_eval.evaluator import evaluate as lm_eval_evaluate
 
     task_dict = loaded_task(task, settings.online, settings.num_fewshot)
     samples = {name: sample_indices(len(task_obj.eval_docs), settings.limit, settings.sample_seed)
                for name, task_obj in task_dict["tasks"].items()}
-    lm = make_lm(loaded.model, loaded.tokenizer, batch_size=settings.batch_size, fast=settings.fast)
     results = lm_eval_evaluate(lm=lm, task_dict=task_dict, samples=samples, log_samples=True,
                                bootstrap_iters=1000, verbosity="ERROR")
     return _rows_from_lm_eval(results, task), _records_from_lm_eval(results["samples"])
@@ -268,21 +280,29 @@ def evaluate_entries(loaded: LoadedModel, settings: EvalSettings, pruning: Pruni
     settings.validate()
     cache = Path(cache) if cache is not None else cache_dir() / "evaluations"
     identity = loaded.identity()
+
+    @functools.cache
+    def lm() -> HFLM:  # one lm-eval model for all of this pruning's tasks, built only if one is computed
+        from companion.experiments.fastlm import make_lm
+
+        return make_lm(loaded.model, loaded.tokenizer, batch_size=settings.batch_size, fast=settings.fast)
+
     entries = []
     for task in settings.tasks:
         key = evaluation_key(identity, pruning, task, settings)
-        entries.append(store.cached(store.entry_path(cache, key), key, lambda task=task: _run_task(loaded, task, settings)))
+        entries.append(store.cached(store.entry_path(cache, key), key,
+                                    lambda task=task: _run_task(loaded, lm, task, settings)))
         if done is not None:
             done(task)
     return entries
 
 
-def _run_task(loaded: LoadedModel, task: str, settings: EvalSettings) -> dict:
+def _run_task(loaded: LoadedModel, lm: Callable[[], HFLM], task: str, settings: EvalSettings) -> dict:
     if task == PERPLEXITY_TASK:
         source = "hub" if settings.online else "local"
         rows, records = perplexity(loaded, settings.ppl_seqlen, settings.ppl_windows, source, settings.progress,
                                    settings.sample_seed)
     else:
         with contextlib.redirect_stderr(sys.stderr if settings.progress else io.StringIO()):  # lm-eval's bars
-            rows, records = run_lm_eval(loaded, task, settings)
+            rows, records = run_lm_eval(lm(), task, settings)
     return {"rows": rows, "records": records}
