@@ -14,8 +14,12 @@ protected for every criterion) and spends examples where they decide the claims:
 and cosine at the headline K (the K closest to 37.5 % of the layers) on ``primary_limit`` examples per
 task; the curves (KNN, cosine, ``last`` and five ``random`` seeds at every K, the K at ``drop_fractions``
 of the model's layers) and the secondary ablations (bucket, Rényi, the second calibration set, at the
-headline K) on ``limit``. ``models_overrides`` adjusts these sizes per model (Gemma-3-270M's 262k-token
-LM head makes its examples about twice as costly).
+headline K) on ``limit``. ``primary_limit`` is sized so that the 95 % interval of the primary
+comparison (KNN minus cosine, mean accuracy) is at most ±3 points: the interval's half-width shrinks as
+one over the square root of the examples, projected from an earlier run's disagreement rate between the
+two prunings. ``models_overrides`` adjusts the sizes per model: Gemma-3-270M's prunings disagree more
+often, so it gets 400 examples per task against SmolLM2's 380 (and its 262k-token LM head makes each
+example about 1.7 times as costly).
 
 ``limit`` bounds every task: the examples of each lm-eval task, the perplexity windows, and the timed
 repeats of a speed run (``speed_repeats`` is capped at ``limit``), so a first run with a small limit
@@ -48,11 +52,11 @@ PROFILES: dict[str, dict] = {
         "seed": 2024, "methods": ["knn", "bucket", "renyi", "cosine"], "granularities": ["attn", "layer"],
         "drop_fractions": [0.125, 0.25, 0.375, 0.5, 0.625], "curve_methods": ["knn", "cosine"],
         "primary_methods": ["knn", "cosine"], "baselines": ["random", "last"], "random_seeds": 5,
-        "tasks": ["piqa", "arc_easy", "hellaswag", "winogrande", "wikitext2_ppl"], "limit": 10, "primary_limit": 380,
+        "tasks": ["piqa", "arc_easy", "hellaswag", "winogrande", "wikitext2_ppl"], "limit": 8, "primary_limit": 380,
         "ppl_seqlen": 512, "ppl_chunks": 1, "primary_ppl_chunks": 16,
         "speed_drops": [0, 4, 8], "speed_prompt": 256, "speed_new_tokens": 32, "speed_repeats": 3,
         "device": "auto", "dtype": "auto", "data_source": "auto", "protect": "first:2,last:1",
-        "models_overrides": {"gemma-3-270m": {"limit": 8, "primary_limit": 400}},
+        "models_overrides": {"gemma-3-270m": {"primary_limit": 400}},
     },
     "paper": {
         "models": ["meta-llama/Llama-3.1-8B", "mistralai/Mistral-7B-v0.3"], "calibrations": ["c4:train", "wikitext2"],

@@ -605,11 +605,11 @@ def test_default_profile_runs_both_models_with_their_own_drops_and_sizes(monkeyp
     assert gemma.drops == [0, 2, 5, 7, 9, 11] and smol.drops == [0, 4, 8, 11, 15, 19]  # 1/8 .. 5/8 of the layers
     assert orders.headline_k(gemma.drops, 18) == 7 and orders.headline_k(smol.drops, 30) == 11
     first, second = smol.sweep_settings(), smol.sweep_settings("wikitext2")
-    assert first.primary_limit == 380 and smol.limit == 10 and gemma.sweep_settings().primary_limit == 400
+    assert first.primary_limit == 380 and smol.limit == 8 and gemma.sweep_settings().primary_limit == 400
     assert first.protect == second.protect == "first:2,last:1"
     assert second.drops == [0, 11] and second.primary_limit is None  # the second calibration set: headline K only
     assert first.baseline_names == ["random:0", "random:1", "random:2", "random:3", "random:4", "last"]
-    assert "seeded random sample of 10 examples per task, 380 for the dense model" in smol.describe_evaluation()
+    assert "seeded random sample of 8 examples per task, 380 for the dense model" in smol.describe_evaluation()
     assert runs.resolve_parameters({"profile": "default", "model": "smollm2-135m"}).models == ["smollm2-135m"]
 
 

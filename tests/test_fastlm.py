@@ -12,7 +12,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from companion.experiments.fastlm import FastHFLM, make_lm
+from companion.experiments.fastlm import FastHFLM, make_lm, target_logprobs
 
 WORDS = [f"w{i}" for i in range(300)]
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -144,6 +144,17 @@ def test_pruned_model_matches_stock(tokenizer, granularity: str, layers: list[in
         fast = _lm(model, tokenizer, True, 4).loglikelihood(requests, disable_tqdm=True)
     assert [ll for ll, _ in fast] == pytest.approx([ll for ll, _ in stock], abs=TOL)
     assert [greedy for _, greedy in fast] == [greedy for _, greedy in stock]
+
+
+@pytest.mark.parametrize("tokens", [1, 8, 37])
+def test_target_logprobs_equal_the_full_log_softmax(tokens: int) -> None:
+    torch.manual_seed(tokens)
+    logits = torch.randn(tokens, 5000) * 30  # a wide range: most exponentials underflow
+    targets = torch.randint(0, 5000, (tokens,))
+    logprobs, greedy = target_logprobs(logits, targets)
+    full = torch.log_softmax(logits.double(), dim=-1)
+    assert torch.allclose(logprobs.double(), full.gather(1, targets[:, None]).squeeze(1), atol=1e-4, rtol=0)
+    assert torch.equal(greedy, logits.argmax(-1))
 
 
 def test_probe_runs_once_per_model_and_module_classes(tokenizer, monkeypatch) -> None:

@@ -240,9 +240,7 @@ def perplexity(loaded: LoadedModel, seqlen: int = 512, chunks: int | None = None
     The records hold each window's summed negative log-likelihood and its predicted-token count, so
     that perplexity can be compared window by window; the row's perplexity is exp(Σ nll / Σ tokens).
     """
-    rows, _ = load_rows("wikitext2", "test", data_source=data_source)
-    ids = loaded.tokenizer("\n\n".join(rows), return_tensors="pt").input_ids[0]
-    all_windows = ids[: (ids.numel() // seqlen) * seqlen].view(-1, seqlen)
+    all_windows = _wikitext_windows(loaded.tokenizer, seqlen, data_source)
     chosen = sample_indices(len(all_windows), chunks, seed)
     device = next(loaded.model.parameters()).device
     losses = []
@@ -261,6 +259,15 @@ def perplexity(loaded: LoadedModel, seqlen: int = 512, chunks: int | None = None
                                     "tokens": [float(seqlen - 1)] * len(chosen)}, "loglik": []}
     return [{"task": PERPLEXITY_TASK, "metric": "perplexity", "value": math.exp(mean), "stderr": stderr,
              "n": len(chosen) * seqlen}], records
+
+
+@functools.lru_cache(maxsize=4)
+def _wikitext_windows(tokenizer, seqlen: int, data_source: str) -> torch.Tensor:
+    """WikiText-2 test as consecutive ``seqlen``-token windows, tokenized once per tokenizer: every
+    pruning of a sweep reads the same windows (tokenizing the split takes a second or two)."""
+    rows, _ = load_rows("wikitext2", "test", data_source=data_source)
+    ids = tokenizer("\n\n".join(rows), return_tensors="pt").input_ids[0]
+    return ids[: (ids.numel() // seqlen) * seqlen].view(-1, seqlen)
 
 
 def evaluate(loaded: LoadedModel, settings: EvalSettings, pruning: Pruning | None = None,

@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from companion.profiles import EVAL_BATCH_SIZE
 
-__all__ = ["FastHFLM", "make_lm"]
+__all__ = ["FastHFLM", "make_lm", "target_logprobs"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,31 @@ def _shares(prefix: list[int], context: list[int]) -> bool:
     """Whether ``context`` joins a group with ``prefix``: they share at least half of each (and one token)."""
     common = len(os.path.commonprefix([prefix, context[:-1]]))
     return common > 0 and 2 * common >= len(prefix) and 2 * common >= len(context) - 1
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log-softmax of each row of ``logits`` ``[tokens, vocab]`` at its target, and its greedy token.
+
+    The full log-softmax is never materialised. On a CPU the rows are reduced a few at a time through
+    one reused buffer (maximum and its index, exponentials of the differences, their sum), which stays
+    in cache: with Gemma-3's 262k-token vocabulary this is over twice as fast as ``torch.logsumexp``
+    and ``argmax`` over the whole matrix, which each stream it from memory several times. An
+    accelerator reduces all rows at once. Equal to ``log_softmax(...).gather(...)`` up to float rounding.
+    """
+    rows = _CPU_ROWS if logits.device.type == "cpu" else max(len(logits), 1)
+    lse = torch.empty(len(logits), dtype=logits.dtype, device=logits.device)
+    greedy = torch.empty(len(logits), dtype=torch.long, device=logits.device)
+    buffer = torch.empty((min(rows, len(logits)), logits.shape[-1]), dtype=logits.dtype, device=logits.device)
+    for start in range(0, len(logits), rows):
+        chunk = logits[start : start + rows]
+        top, greedy[start : start + len(chunk)] = chunk.max(-1)
+        shifted = buffer[: len(chunk)]
+        torch.sub(chunk, top.unsqueeze(1), out=shifted)
+        lse[start : start + len(chunk)] = shifted.exp_().sum(-1).log_().add_(top)
+    return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - lse, greedy
+
+
+_CPU_ROWS = 8  # logits rows per reduction on a CPU: 8 x 262k floats (8 MiB) stay in cache
 
 
 # model -> {set of its module classes: whether it passed the probe}
@@ -286,12 +311,11 @@ class FastHFLM(HFLM):
         device = scores.device
         targets = torch.tensor([token for row in rows for token in row.continuation], device=device)
         request = torch.repeat_interleave(torch.tensor([len(row.continuation) for row in rows], device=device))
-        # log-softmax at the targets only: the full [tokens, vocab] log-softmax is never materialised
-        logprobs = scores.gather(1, targets.unsqueeze(1)).squeeze(1) - torch.logsumexp(scores, dim=-1)
+        logprobs, greedy = target_logprobs(scores, targets)
         logliks = torch.zeros(len(rows), dtype=scores.dtype, device=device)
         logliks.index_add_(0, request, logprobs)
         misses = torch.zeros(len(rows), dtype=torch.long, device=device)
-        misses.index_add_(0, request, (scores.max(-1).indices != targets).long())  # twice as fast as argmax on CPU
+        misses.index_add_(0, request, (greedy != targets).long())
         return list(zip(logliks.tolist(), (misses == 0).tolist(), strict=True))
 
     def _loglikelihood_tokens(
