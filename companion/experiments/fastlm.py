@@ -87,6 +87,9 @@ def _shares(prefix: list[int], context: list[int]) -> bool:
     return common > 0 and 2 * common >= len(prefix) and 2 * common >= len(context) - 1
 
 
+_CPU_ROWS = 8  # logits rows per reduction on a CPU: 8 x 262k floats (8 MiB) stay in cache
+
+
 def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The log-softmax of each row of ``logits`` ``[tokens, vocab]`` at its target, and its greedy token.
 
@@ -107,9 +110,6 @@ def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.
         torch.sub(chunk, top.unsqueeze(1), out=shifted)
         lse[start : start + len(chunk)] = shifted.exp_().sum(-1).log_().add_(top)
     return logits.gather(1, targets.unsqueeze(1)).squeeze(1) - lse, greedy
-
-
-_CPU_ROWS = 8  # logits rows per reduction on a CPU: 8 x 262k floats (8 MiB) stay in cache
 
 
 # model -> {set of its module classes: whether it passed the probe}
