@@ -7,19 +7,19 @@ no ``results/default`` (move it away first), then ``make reproduce`` for the not
 
 import time
 
-from companion.analysis import runs
+from companion import pipeline
 
 start = time.time()
-base = runs.resolve_parameters({"profile": "default", "results_dir": "results"})
+base = pipeline.from_parameters({"profile": "default", "results_dir": "results"})
 for model in base.models:
     run = base.for_model(model)
     print(f"{model}: drops {run.drops}, limit {run.limit}, primary {run.sweep_settings().primary_limit}", flush=True)
     for calibration in run.calibrations:
-        runs.ensure_scores(run, calibration)
+        pipeline.ensure_scores(run, calibration)
         print(f"[{time.time() - start:7.0f} s] {model} scores {calibration}", flush=True)
-        runs.ensure_sweep(run, calibration)
+        pipeline.ensure_sweep(run, calibration)
         print(f"[{time.time() - start:7.0f} s] {model} sweep {calibration}", flush=True)
     if model == base.model:
-        runs.ensure_speed(run, runs.ensure_scores(run))
+        pipeline.ensure_speed(run, pipeline.ensure_scores(run))
         print(f"[{time.time() - start:7.0f} s] {model} speed", flush=True)
 print(f"total {time.time() - start:.0f} s", flush=True)

@@ -20,11 +20,12 @@ import numpy as np
 from lm_eval.api.instance import Instance
 from lm_eval.tasks import get_task_dict
 
+from companion.experiments import EVAL_BATCH_SIZE
 from companion.experiments.evaluation import task_manager_for
 from companion.experiments.fastlm import FastHFLM, make_lm
 from companion.hub import hub_reachable
 from companion.model.loading import DEFAULT_MODEL, load_model
-from companion.profiles import EVAL_BATCH_SIZE, PROFILES
+from companion.pipeline.config import PROFILES
 
 
 def task_requests(task_name: str, limit: int):
@@ -70,7 +71,7 @@ def positions(lm: FastHFLM, instances: list[Instance]) -> tuple[int, int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model spec for companion.model.loading.load_model")
-    parser.add_argument("--tasks", default=",".join(t for t in PROFILES["default"]["tasks"] if t != "wikitext2_ppl"),
+    parser.add_argument("--tasks", default=",".join(t for t in PROFILES["default"].tasks if t != "wikitext2_ppl"),
                         help="comma-separated multiple-choice lm-eval tasks (default: the default profile's)")
     parser.add_argument("--limit", type=int, default=50, help="first N documents of each task")
     parser.add_argument("--batch-size", type=int, default=EVAL_BATCH_SIZE,

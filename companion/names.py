@@ -1,20 +1,10 @@
-"""The one list of the names users type: granularities, criteria (methods) and tasks.
-
-Everything that validates or loops over these names imports them from here.
-"""
+"""The names users type for granularities and tasks (criteria have their registry:
+:mod:`companion.method.criteria`). Everything that validates or loops over these names imports them
+from here."""
 
 from __future__ import annotations
 
 GRANULARITIES = ("attn", "mlp", "layer")
-ENTROPY_METHODS = ("knn", "bucket", "renyi")
-# Entropy estimators of ours, not the paper's: computed in every scoring pass as diagnostics, never a
-# pruning criterion unless asked for (scale-free KNN, Miller–Madow-corrected bucket), each with the
-# parameters of the paper's estimator it varies.
-DIAGNOSTIC_ENTROPY_METHODS = {"knn_unit": "knn", "bucket_mm": "bucket"}
-ALL_ENTROPY_METHODS = ENTROPY_METHODS + tuple(DIAGNOSTIC_ENTROPY_METHODS)
-SIMILARITY_METHODS = ("cosine", "angular")
-METHODS = ENTROPY_METHODS + SIMILARITY_METHODS
-
 PERPLEXITY_TASK = "wikitext2_ppl"
 # The accuracy each task contributes to a mean: length-normalised where the choices differ in length
 # and the convention of the field reports it (HellaSwag, ARC-Challenge, OpenBookQA), plain otherwise.

@@ -1,4 +1,4 @@
-"""companion.runs, tables, verdicts, findings and figures on hand-made scores and sweep tables (no model)."""
+"""Tables, verdicts, findings and figures on hand-made scores and sweep tables (no model)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from companion.analysis import diagnostics, figures, findings, runs, tables, verdicts
+from companion.analysis import diagnostics, figures, findings, tables, verdicts
 from companion.errors import CompanionError
 from companion.method import orders
 from companion.method.orders import DropOrder, drop_order
@@ -60,35 +60,6 @@ def sweep_rows() -> list[dict]:
         add(method, 0, "wikitext2_ppl", "perplexity", 20.0, 1.0)
         add(method, 2, "wikitext2_ppl", "perplexity", 30.0 if method == "knn" else 50.0, 2.0)
     return rows
-
-
-# ---------------------------------------------------------------- parameters
-
-def test_resolve_parameters_uses_the_profile_and_overrides(tmp_path):
-    run = runs.resolve_parameters({"profile": "smoke", "model": None, "samples": None, "seed": None, "limit": None,
-                                       "results_dir": str(tmp_path)})
-    assert run.model == "gemma-3-270m" and run.samples == 8 and run.seed == 2024 and run.limit == 8
-    assert runs.resolve_parameters({"profile": "smoke", "seed": 0}).seed == 0  # seed 0 can be chosen
-    with pytest.raises(CompanionError, match="samples"):
-        runs.resolve_parameters({"profile": "smoke", "samples": 0})
-    assert run.calibration == "wikitext2" and run.calibrations == ["wikitext2", "c4"]
-    assert run.out_dir == tmp_path / "smoke" / "gemma-3-270m"
-    run = runs.resolve_parameters({"profile": "paper", "model": "meta-llama/Llama-3.1-8B", "calibration": "c4",
-                                       "estimators": "knn, cosine", "drops": "4,8", "samples": 16, "limit": 5,
-                                       "results_dir": "r"})
-    assert run.out_dir.as_posix() == "r/paper/meta-llama__Llama-3.1-8B"
-    assert run.methods == ["knn", "cosine"] and run.entropy_methods == ["knn"] and run.similarity_methods == ["cosine"]
-    assert run.drops == [0, 4, 8] and run.samples == 16 and run.limit == 5 and run.calibrations == ["c4"]
-    assert run.sweep_settings().drops == [0, 4, 8] and run.eval_settings().limit == 5
-    assert "c4: 16 samples × 256 tokens, seed 2024" in run.caption(evaluation=True)
-    smoke = runs.resolve_parameters({"profile": "smoke"})
-    assert "Gemma-3-270M from a Q4_K_M GGUF (18 layers)" in smoke.caption()
-    counts = {"total": 268_098_176, "embedding": 167_772_160, "layer": 5_322_880}
-    assert smoke.describe_model({"model": {"parameters": counts}}).endswith(
-        "embeddings are 63 % of its 268 M parameters, so one layer is about 2 % of them")
-    assert runs.resolve_parameters({"profile": "smoke", "limit": -1}).limit is None
-    with pytest.raises(CompanionError):
-        runs.resolve_parameters({"profile": "smoke", "granularities": "heads"})
 
 
 # ---------------------------------------------------------------- profiles
@@ -262,8 +233,8 @@ def test_sweep_tables_round_trip_through_csv_and_json(tmp_path):
     rows[0]["stderr"] = None
     write_csv(rows, tmp_path / "sweep_wikitext2.csv")
     (tmp_path / "sweep_wikitext2.json").write_text(json.dumps({"rows": rows}))
-    from_json = runs.load_sweep(tmp_path / "sweep_wikitext2.json")
-    from_csv = runs.load_sweep(tmp_path / "sweep_wikitext2.csv")
+    from_json = tables.load_sweep(tmp_path / "sweep_wikitext2.json")
+    from_csv = tables.load_sweep(tmp_path / "sweep_wikitext2.csv")
     for frame in (from_json, from_csv):
         assert frame["primary"].dtype == bool and frame["primary"].sum() == 12
         assert math.isnan(frame["stderr"].iloc[0]) and frame["dropped"].iloc[0] == ""
@@ -578,7 +549,7 @@ def test_decode_bytes_and_gpu_setting_numbers(tmp_path):
     path = tmp_path / "speed.json"
     path.write_text(json.dumps({"settings": {"device": "NVIDIA H200", "dtype": "torch.bfloat16", "batch_size": 1,
                                              "prompt_len": 1024, "new_tokens": 64, "warmup": 2, "repeats": 5}}))
-    settings = diagnostics.speed_setting_numbers(runs.load_speed_settings(path), speed)
+    settings = diagnostics.speed_setting_numbers(tables.load_speed_settings(path), speed)
     assert settings == {"gpu_device": "NVIDIA H200", "gpu_dtype": "bf16", "gpu_batch_size": 1, "gpu_prompt_len": 1024,
                         "gpu_new_tokens": 64, "gpu_warmup": 2, "gpu_repeats": 5, "gpu_num_layers": 8}
     missing = diagnostics.unmeasured({**numbers, **dict.fromkeys(diagnostics.SPEED_SETTINGS, "")}, prefix="x_")
@@ -593,24 +564,6 @@ def test_statistics_and_figures_import_neither_torch_nor_transformers():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
-
-
-def test_default_profile_runs_both_models_with_their_own_drops_and_sizes(monkeypatch):
-    layers = {"gemma-3-270m": 18, "smollm2-135m": 30}
-    monkeypatch.setattr("companion.model.loading.model_num_layers", lambda spec: layers[spec])
-    run = runs.resolve_parameters({"profile": "default"})
-    assert run.models == ["gemma-3-270m", "smollm2-135m"] and run.calibration == "c4"
-    gemma, smol = runs.model_runs(run)
-    assert gemma is run and smol.model == "smollm2-135m" and smol.out_dir.name == "smollm2-135m"
-    assert gemma.drops == [0, 2, 5, 7, 9, 11] and smol.drops == [0, 4, 8, 11, 15, 19]  # 1/8 .. 5/8 of the layers
-    assert orders.headline_k(gemma.drops, 18) == 7 and orders.headline_k(smol.drops, 30) == 11
-    first, second = smol.sweep_settings(), smol.sweep_settings("wikitext2")
-    assert first.primary_limit == 380 and smol.limit == 8 and gemma.sweep_settings().primary_limit == 400
-    assert first.protect == second.protect == "first:2,last:1"
-    assert second.drops == [0, 11] and second.primary_limit is None  # the second calibration set: headline K only
-    assert first.baseline_names == ["random:0", "random:1", "random:2", "random:3", "random:4", "last"]
-    assert "seeded random sample of 8 examples per task, 380 for the dense model" in smol.describe_evaluation()
-    assert runs.resolve_parameters({"profile": "default", "model": "smollm2-135m"}).models == ["smollm2-135m"]
 
 
 def test_retention_above_chance_and_the_random_band():

@@ -6,13 +6,15 @@ import pytest
 import torch
 from conftest import make_tiny_model, make_tiny_tokenizer
 
-from companion.method import estimators
+from companion.method import criteria
 from companion.method.calibration import Windows
 from companion.method.scoring import ScoreSettings, collect
 from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning, apply_pruning
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+ENTROPY = {n: criteria.get(n).bind() for n in criteria.names(kind="entropy", needs="hidden")}
+SIMILARITY = {n: criteria.get(n).bind() for n in criteria.names(kind="similarity", needs="hidden")}
 
 
 def test_estimators_agree_and_do_not_sync():
@@ -21,13 +23,13 @@ def test_estimators_agree_and_do_not_sync():
     cuda_x, cuda_y = x.cuda(), y.cuda()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        on_gpu = {name: fn(cuda_x) for name, fn in estimators.ENTROPY_ESTIMATORS.items()}
-        on_gpu |= {name: fn(cuda_x, cuda_y) for name, fn in estimators.SIMILARITY_SCORES.items()}
+        on_gpu = {name: fn(cuda_x) for name, fn in ENTROPY.items()}
+        on_gpu |= {name: fn(cuda_x, cuda_y) for name, fn in SIMILARITY.items()}
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    for name, fn in estimators.ENTROPY_ESTIMATORS.items():
+    for name, fn in ENTROPY.items():
         torch.testing.assert_close(on_gpu[name].cpu(), fn(x), rtol=1e-3, atol=1e-3)
-    for name, fn in estimators.SIMILARITY_SCORES.items():
+    for name, fn in SIMILARITY.items():
         torch.testing.assert_close(on_gpu[name].cpu(), fn(x, y), rtol=1e-4, atol=1e-4)
 
 

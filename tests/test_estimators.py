@@ -9,14 +9,12 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 
 from companion.errors import CompanionError
+from companion.method import criteria
 from companion.method.estimators import (
-    ENTROPY_ESTIMATORS,
-    SIMILARITY_SCORES,
     angular,
     bucket,
     bucket_mm,
     cosine,
-    entropy_estimator,
     knn,
     knn_unit,
     renyi,
@@ -214,7 +212,9 @@ def test_similarity_scores_reject_mismatched_shapes():
 # --- Shared contract: batching, dtype, shape -----------------------------------------------------
 
 # similarity scores compare each sample with its own tokens reversed, so a mixed-up sample would show
-ALL = {**ENTROPY_ESTIMATORS, **{n: (lambda x, f=f: f(x, x.flip(1))) for n, f in SIMILARITY_SCORES.items()}}
+ENTROPY = {n: criteria.get(n).bind() for n in criteria.names(kind="entropy", needs="hidden")}
+ALL = {**ENTROPY, **{n: (lambda x, f=criteria.get(n).bind(): f(x, x.flip(1)))
+                     for n in criteria.names(kind="similarity", needs="hidden")}}
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
@@ -238,33 +238,34 @@ def test_half_precision_input_close_to_float32(name):
     torch.testing.assert_close(reduced, fn(x), rtol=0.05, atol=0.05)
 
 
-@pytest.mark.parametrize("name", sorted(ENTROPY_ESTIMATORS))
+@pytest.mark.parametrize("name", sorted(ENTROPY))
 def test_entropy_estimators_reject_non_3d_input(name):
     with pytest.raises(ValueError):
-        ENTROPY_ESTIMATORS[name](randn(64, 16))
+        ENTROPY[name](randn(64, 16))
 
 
 # --- Registry ------------------------------------------------------------------------------------
 
 
-def test_entropy_estimator_binds_parameters():
+def test_registry_binds_parameters():
     x = randn(2, 60, 5, seed=13)
-    torch.testing.assert_close(entropy_estimator("knn", k=10)(x), knn(x, k=10))
-    torch.testing.assert_close(entropy_estimator("bucket", bins=20)(x), bucket(x, bins=20))
-    torch.testing.assert_close(entropy_estimator("renyi", alpha=2.0)(x), renyi(x, alpha=2.0))
-    torch.testing.assert_close(entropy_estimator("knn")(x), knn(x, k=25))
-    assert not torch.allclose(entropy_estimator("knn", k=10)(x), knn(x))
+    bind = lambda name, **params: criteria.get(name).bind(**params)  # noqa: E731
+    torch.testing.assert_close(bind("knn", k=10)(x), knn(x, k=10))
+    torch.testing.assert_close(bind("bucket", bins=20)(x), bucket(x, bins=20))
+    torch.testing.assert_close(bind("renyi", alpha=2.0)(x), renyi(x, alpha=2.0))
+    assert not torch.allclose(bind("knn", k=10)(x), knn(x))
 
 
-def test_entropy_estimator_unknown_name_lists_valid_names():
-    with pytest.raises(CompanionError, match="knn, bucket, renyi, knn_unit, bucket_mm") as info:
-        entropy_estimator("cosine")
+def test_registry_unknown_name_lists_the_registered_ones():
+    with pytest.raises(CompanionError) as info:
+        criteria.get("entropyy")
+    assert set(criteria.names()) <= set(str(info.value).replace(",", " ").split())
     assert "\n" not in str(info.value)
 
 
-def test_entropy_estimator_rejects_unknown_parameter():
+def test_registry_rejects_an_unknown_parameter():
     with pytest.raises(CompanionError, match="bins"):
-        entropy_estimator("knn", bins=20)
+        criteria.get("knn").bind(bins=20)
 
 
 # --- Diagnostics: RMS norm, scale-free KNN, Miller–Madow -----------------------------------------

@@ -24,7 +24,6 @@ import transformers
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
 from companion.names import GUESSED_PAPER_TASKS, PAPER_TASKS, PERPLEXITY_TASK
-from companion.paths import model_slug
 
 pytestmark = [pytest.mark.paper_e2e,
               pytest.mark.skipif(not os.environ.get("COMPANION_DATA_DIR"), reason="COMPANION_DATA_DIR is not set")]
@@ -75,11 +74,11 @@ def test_paper_profile_end_to_end_offline(tmp_path):
         if family == "mistral":
             _checkpoint(Path(model), family)
         sweep = _companion("sweep", "--profile", "paper", "--model", model, "--limit", LIMIT,
-                           "--calibration", "c4,wikitext2", "--out", str(results / "paper"), cwd=tmp_path, env=env)
+                           "--calibration", "c4,wikitext2", "--results", str(results), cwd=tmp_path, env=env)
         assert sweep.returncode == 0, sweep.stderr[-3000:]
         assert "at most 29 distinct" in sweep.stderr and "boolq*" in sweep.stderr and "estimate" in sweep.stderr
         assert "clipped to K = 1" in sweep.stderr and "3 distinct prunings × 14 tasks" in sweep.stderr
-        rows = json.loads((results / "paper" / model_slug(model) / "sweep_c4.json").read_text())["rows"]
+        rows = json.loads((results / "paper" / f"tiny-{family}" / "sweep_c4.json").read_text())["rows"]
         assert {r["task"] for r in rows} == {*PAPER_TASKS, *GUESSED_PAPER_TASKS, PERPLEXITY_TASK}
         assert {r["K"] for r in rows} == {0, 1} and {r["protected"] for r in rows} == {"0 1 3"}
         assert {r["n"] for r in rows if r["task"] == PERPLEXITY_TASK} == {2 * 2048}
@@ -90,7 +89,7 @@ def test_paper_profile_end_to_end_offline(tmp_path):
                                "--book-figures", "", "--notebooks", str(ROOT / "notebooks"), cwd=tmp_path, env=env)
         assert reproduce.returncode == 0, reproduce.stderr[-3000:]
         assert "plan:" in reproduce.stderr and "executed 6 notebook(s)" in reproduce.stderr
-        out = results / "paper" / model_slug(model)
+        out = results / "paper" / f"tiny-{family}"  # named by its folder, never its path
         for name in ("sweep_c4.json", "sweep_wikitext2.json", "scores_c4.json", "speed.json"):
             assert (out / name).is_file(), name
         assert len(list((out / "figures").glob("*.png"))) >= 6

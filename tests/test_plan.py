@@ -19,21 +19,13 @@ from companion.method.calibration import (
     parse_calibration,
 )
 from companion.model.loading import LoadedModel, resolve_dtype
-from companion.names import GUESSED_PAPER_TASKS, PAPER_TASKS, PERPLEXITY_TASK
-from companion.profiles import PROFILES, profile
+from companion.names import PERPLEXITY_TASK
 
 needs_data = pytest.mark.skipif(not os.environ.get("COMPANION_DATA_DIR"), reason="COMPANION_DATA_DIR is not set")
 
 
-def test_paper_profile_follows_the_released_code():
-    paper = profile("paper")
-    assert paper["dtype"] == "float16" and paper["protect"] == "first:2,last:1"
-    assert paper["calibrations"][0] == "c4:train" and (paper["samples"], paper["seqlen"], paper["seed"]) == (128, 256, 2024)
-    assert paper["drops"] == [0, 4, 8, 12, 16]
-    assert paper["tasks"] == [*PAPER_TASKS, *GUESSED_PAPER_TASKS, PERPLEXITY_TASK] and len(paper["tasks"]) == 14
-    assert profile("paper", dtype="bf16")["dtype"] == "bf16"
-    assert {PROFILES[name]["protect"] for name in PROFILES} == {"first:2,last:1"}  # one protocol for every criterion
-    assert resolve_dtype("float16", torch.device("cpu")) is torch.float16  # fp16 runs on CPU too
+def test_fp16_runs_on_cpu_too():
+    assert resolve_dtype("float16", torch.device("cpu")) is torch.float16
 
 
 def test_calibration_names_carry_a_split(monkeypatch):
@@ -53,12 +45,12 @@ def test_calibration_names_carry_a_split(monkeypatch):
     check_available("c4", "validation")  # a local copy exists
 
 
-def test_fit_drops_clips_to_the_prunable_layers(capsys):
+def test_fit_drops_clips_to_the_prunable_layers(caplog):
     assert fit_drops([0, 4, 8, 12, 16], 32, "first:2,last:1") == [0, 4, 8, 12, 16]
-    assert capsys.readouterr().err == ""
+    assert not caplog.records
     assert fit_drops([0, 4, 8, 12, 16], 4, "first:2,last:1", "tiny") == [0, 1]
-    note = capsys.readouterr().err
-    assert note.count("\n") == 1 and "K = 4, 8, 12, 16" in note and "1 prunable layers of tiny" in note
+    (note,) = [r.getMessage() for r in caplog.records]
+    assert "K = 4, 8, 12, 16" in note and "1 prunable layers of tiny" in note
     assert fit_drops([0, 8, 4], 4, "auto") == [0, 4, 8]  # unknown before scoring: left to the drop order
 
 

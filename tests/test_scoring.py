@@ -11,7 +11,7 @@ from conftest import make_tiny_model, make_tiny_tokenizer
 from companion import store
 from companion.analysis import diagnostics
 from companion.errors import CompanionError
-from companion.method import estimators
+from companion.method import criteria, estimators
 from companion.method.calibration import Documents, Windows
 from companion.method.scoring import ScoreSettings, collect, read_scores, score
 from companion.model import adapters
@@ -62,14 +62,15 @@ def test_one_pass_matches_recomputation(family):
     num_layers = len(inputs)
     boundaries = [inputs[i] for i in range(num_layers)] + [outputs[num_layers - 1]]
     for name in ("knn", "bucket", "renyi", "knn_unit", "bucket_mm"):
-        fn = estimators.entropy_estimator(name, **SETTINGS.estimator_params(name))
+        fn = criteria.get(name).bind(**SETTINGS.estimator_params(name))
         for i, hidden in enumerate(boundaries):
             torch.testing.assert_close(values[("entropy", name, "boundary", i)], fn(hidden), rtol=1e-4, atol=1e-4)
         for i in range(num_layers):
             torch.testing.assert_close(values[("entropy", name, "mid", i)], fn(mids[i]), rtol=1e-4, atol=1e-4)
     for i, hidden in enumerate(boundaries):
         torch.testing.assert_close(values[("norm", "rms", "boundary", i)], estimators.rms(hidden))
-    for name, fn in estimators.SIMILARITY_SCORES.items():
+    for name in criteria.names(kind="similarity"):
+        fn = criteria.get(name).bind()
         for i in range(num_layers):
             expected = {"attn": fn(inputs[i], mids[i]), "mlp": fn(mids[i], outputs[i]),
                         "layer": fn(inputs[i], outputs[i])}

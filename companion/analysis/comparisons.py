@@ -25,7 +25,8 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from companion.names import CHANCE, METHODS, PERPLEXITY_TASK, primary_metric
+from companion.method import criteria
+from companion.names import CHANCE, PERPLEXITY_TASK, primary_metric
 
 DENSE = "dense"  # method_b of a comparison against the dense model (K = 0) on the same examples
 LAST = "last"
@@ -174,16 +175,17 @@ def dense_comparisons(examples: pd.DataFrame, confidence: float = 0.95, n_resamp
 
 
 def default_pairs(methods: Iterable[str], baselines: bool = True) -> list[tuple[str, str]]:
-    """Every pair of the criteria among ``methods`` (in ``METHODS`` order, unknown names after), then,
+    """Every pair of the criteria among ``methods`` (in the registry's order, unknown names after), then,
     with ``baselines``, each criterion against ``last`` and against the pooled ``random`` seeds where
     present."""
     methods = set(methods)
-    criteria = sorted((m for m in methods if m != LAST and not m.startswith(RANDOM_PREFIX)),
-                      key=lambda m: (METHODS.index(m) if m in METHODS else len(METHODS), m))
-    chosen = list(itertools.combinations(criteria, 2))
+    registered = criteria.names()
+    ranked = sorted((m for m in methods if m != LAST and not m.startswith(RANDOM_PREFIX)),
+                    key=lambda m: (registered.index(m) if m in registered else len(registered), m))
+    chosen = list(itertools.combinations(ranked, 2))
     if baselines:
         present = [LAST] * (LAST in methods) + [RANDOM] * any(m.startswith(RANDOM_PREFIX) for m in methods)
-        chosen += [(criterion, baseline) for criterion in criteria for baseline in present]
+        chosen += [(criterion, baseline) for criterion in ranked for baseline in present]
     return chosen
 
 

@@ -3,7 +3,7 @@
 Figures are built without pyplot's global state (so a notebook shows each exactly once, where its cell
 returns it) under one style. Every figure has axis labels, a legend where it shows more than one
 series, a title and a caption line below the axes naming model, calibration set, sample counts and
-evaluation limits (passed in by the caller; see :meth:`companion.analysis.runs.Run.caption`).
+evaluation limits (passed in by the caller; see :meth:`companion.pipeline.Run.caption`).
 :func:`save_figure` writes PNG and SVG without timestamps, so reruns give identical files.
 """
 
@@ -26,14 +26,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-METHOD_LABELS = {"last": "last K (baseline)", "random": "random drop sets (baseline)", "knn": "KNN entropy", "bucket": "Bucket entropy", "renyi": "Rényi entropy",
-                 "cosine": "Cosine (1 − cos)", "angular": "Angular distance",
-                 "knn_unit": "Scale-free KNN entropy (ours, not the paper's)",
-                 "bucket_mm": "Bucket entropy, Miller–Madow (ours, not the paper's)"}
-METHOD_COLORS = {"last": "0.35", "random": "0.55", "knn": "#0072B2", "bucket": "#009E73", "renyi": "#CC79A7", "cosine": "#D55E00",
-                 "angular": "#E69F00", "knn_unit": "#56B4E9", "bucket_mm": "#7FCDBB"}
-METHOD_MARKERS = {"knn": "o", "bucket": "s", "renyi": "^", "cosine": "D", "angular": "v", "knn_unit": "x",
-                  "bucket_mm": "P"}
+from companion.method import criteria
+
 GRANULARITY_LABELS = {"attn": "attention blocks", "mlp": "MLP blocks", "layer": "whole layers"}
 CALIBRATION_STYLES = ["-", "--", ":", "-."]
 STYLE = {
@@ -46,13 +40,18 @@ CAPTION_SIZE = 8
 
 
 def label(method: str) -> str:
-    """Display name of a method."""
-    return METHOD_LABELS.get(method, method)
+    """Display name of a criterion (from the criterion registry)."""
+    return criteria.label(method)
 
 
 def color(method: str) -> str:
-    """The colour a method has in every figure."""
-    return METHOD_COLORS.get(method, "0.3")
+    """The colour a criterion has in every figure (from the criterion registry)."""
+    return criteria.style(method)[0]
+
+
+def marker(method: str) -> str:
+    """The marker a criterion has in every figure (from the criterion registry)."""
+    return criteria.style(method)[1]
 
 
 def _styled(function):
@@ -120,7 +119,7 @@ def entropy_profile_figure(bands: Mapping[str, pd.DataFrame], stages: Mapping[st
     fig, axes = _figure(width=7.0, height=4.2)
     ax = axes[0, 0]
     for method, band in bands.items():
-        ax.plot(band["boundary"], band["mean"], marker=METHOD_MARKERS.get(method, "o"), ms=3.5, color=color(method),
+        ax.plot(band["boundary"], band["mean"], marker=marker(method), ms=3.5, color=color(method),
                 label=label(method))
         ax.fill_between(band["boundary"], band["lo"], band["hi"], color=color(method), alpha=0.2, lw=0)
         if method in stages:
@@ -177,7 +176,7 @@ def norm_profile_figure(bands: Mapping[str, pd.DataFrame], norm_band: pd.DataFra
     left, right = axes[0]
     for method, band in bands.items():
         scaled = {c: (band[c] - band["mean"].min()) / (np.ptp(band["mean"]) or 1.0) for c in ("mean", "lo", "hi")}
-        left.plot(band["boundary"], scaled["mean"], marker=METHOD_MARKERS.get(method, "o"), ms=3.5,
+        left.plot(band["boundary"], scaled["mean"], marker=marker(method), ms=3.5,
                   color=color(method), label=label(method))
         left.fill_between(band["boundary"], scaled["lo"], scaled["hi"], color=color(method), alpha=0.2, lw=0)
     left.set_ylabel("entropy, min–max scaled to [0, 1]")
@@ -223,7 +222,7 @@ def accuracy_figure(acc: pd.DataFrame, *, methods: Sequence[str], granularities:
                        & (acc["calibration"] == calibration)].sort_values("K")
             if not rows.empty:
                 ax.errorbar(_dodge(rows["K"], index, len(series)), rows[y], yerr=rows[error].fillna(0), color=color(method), ls=ls,
-                            marker=METHOD_MARKERS.get(method, "o"), ms=4, capsize=3, lw=1.4,
+                            marker=marker(method), ms=4, capsize=3, lw=1.4,
                             label=label(method) + (f" ({calibration})" if several else ""))
         reference = 100.0 if y == "retention" else dense
         if reference is not None and not math.isnan(reference):
@@ -262,7 +261,7 @@ def evidence_figure(acc: pd.DataFrame, band: pd.DataFrame, *, methods: Sequence[
                     continue
                 ax.errorbar(_dodge(rows["K"], index, len(methods) + 1), rows[y],
                             yerr=rows[error].fillna(0) if error else None, color=color(method),
-                            ls="--" if method == "last" else "-", marker=METHOD_MARKERS.get(method, "."), ms=4,
+                            ls="--" if method == "last" else "-", marker=marker(method), ms=4,
                             capsize=3 if error else 0, lw=1.4, label=label(method))
             dense = here.loc[here["K"] == 0, y]
             reference = 100.0 if y != "mean" else (float(dense.iloc[0]) if len(dense) else math.nan)
@@ -293,14 +292,14 @@ def task_figure(tasks: pd.DataFrame, *, methods: Sequence[str], granularities: S
                              & (tasks["task"] == task)].sort_values("K")
                 if not rows.empty:
                     ax.errorbar(_dodge(rows["K"], index, len(methods)), rows["value"], yerr=rows["stderr"].fillna(0), color=color(method),
-                                marker=METHOD_MARKERS.get(method, "o"), ms=3, capsize=2, lw=1.2, label=label(method))
+                                marker=marker(method), ms=3, capsize=2, lw=1.2, label=label(method))
             metric = tasks.loc[tasks["task"] == task, "metric"].iloc[0]
             ax.set_title(f"{task} ({GRANULARITY_LABELS.get(granularity, granularity)})", fontsize=9)
             ax.set_ylabel(metric, fontsize=8)
             _k_axis(ax, tasks["K"])
             if row < len(granularities) - 1:
                 ax.set_xlabel("")
-    handles = [Line2D([], [], color=color(m), marker=METHOD_MARKERS.get(m, "o"), label=label(m)) for m in methods]
+    handles = [Line2D([], [], color=color(m), marker=marker(m), label=label(m)) for m in methods]
     axes[0, 0].legend(handles=handles, loc="best")
     return _finish(fig, title, caption)
 
@@ -314,7 +313,7 @@ def perplexity_figure(ppl: pd.DataFrame, *, methods: Sequence[str], granularitie
         for method in methods:
             rows = ppl[(ppl["method"] == method) & (ppl["granularity"] == granularity)].sort_values("K")
             if not rows.empty:
-                ax.plot(rows["K"], rows["perplexity"], color=color(method), marker=METHOD_MARKERS.get(method, "o"),
+                ax.plot(rows["K"], rows["perplexity"], color=color(method), marker=marker(method),
                         ms=4, lw=1.4, label=label(method))
         dense = ppl.loc[ppl["K"] == 0, "perplexity"]
         if len(dense):

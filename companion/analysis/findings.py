@@ -38,7 +38,7 @@ NAMES = {"knn": "KNN", "bucket": "bucket", "renyi": "Rényi", "cosine": "cosine"
 
 
 class RunDescription(Protocol):
-    """What :func:`run_numbers` reads of a run (a :class:`companion.analysis.runs.Run` has it all); a
+    """What :func:`run_numbers` reads of a run (a :class:`companion.pipeline.Run` has it all); a
     protocol rather than ``Run`` itself, so that the findings import no model code (torch)."""
 
     model: str

@@ -6,7 +6,9 @@ drop-set overlaps, sweep tables with mean accuracy, retention and perplexity, an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,6 @@ from companion.analysis.comparisons import RANDOM_PREFIX, chance_accuracy, chanc
 from companion.errors import CompanionError
 from companion.method.orders import DropOrder, compression_stage, drop_order
 from companion.names import GRANULARITIES, PERPLEXITY_TASK
-
 
 # ---------------------------------------------------------------- entropy profiles
 
@@ -390,3 +391,23 @@ def speedup_efficiency(measured: float, expected: float) -> float:
     return (measured - 1) / (expected - 1) if expected != 1 else float("nan")
 
 
+
+
+def load_sweep(path: str | Path) -> pd.DataFrame:
+    """A sweep table from its ``.json`` (preferred: typed values) or ``.csv`` file."""
+    path = Path(path)
+    if path.suffix == ".json":
+        return sweep_frame(json.loads(path.read_text(encoding="utf-8"))["rows"])
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"dropped": str, "protected": str})
+    frame["primary"] = frame["primary"].astype(str).str.lower() == "true"
+    return sweep_frame(frame.to_dict("records"))
+
+
+def load_speed_settings(path: str | Path) -> dict:
+    """The timing settings (device, dtype, batch, prompt, new tokens, warm-up, repeats) of a ``speed.json``."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))["settings"]
+
+
+def load_speed(path: str | Path) -> pd.DataFrame:
+    """The rows of a ``speed.json`` (written by the speed step)."""
+    return speed_frame(json.loads(Path(path).read_text(encoding="utf-8"))["rows"])

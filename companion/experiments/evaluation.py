@@ -24,10 +24,10 @@ import functools
 import io
 import math
 import sys
-from typing import TYPE_CHECKING, TypedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from companion import store
 from companion.errors import CompanionError
+from companion.experiments import EVAL_BATCH_SIZE
 from companion.experiments import tasks as offline_tasks
 from companion.hub import hub_reachable
 from companion.method.calibration import load_rows
@@ -42,7 +43,6 @@ from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning
 from companion.names import PERPLEXITY_TASK
 from companion.paths import cache_dir
-from companion.profiles import EVAL_BATCH_SIZE
 
 if TYPE_CHECKING:
     from lm_eval.models.huggingface import HFLM

@@ -35,7 +35,7 @@ import transformers
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-from companion.profiles import EVAL_BATCH_SIZE
+from companion.experiments import EVAL_BATCH_SIZE
 
 __all__ = ["FastHFLM", "make_lm", "target_logprobs"]
 

@@ -331,18 +331,26 @@ def speed_key(identity: dict, scores: dict, settings: Mapping) -> dict:
             "scores": scores.get("key_sha256"), "settings": dict(settings), "numerics": store.numerics()}
 
 
-def write_speed(rows: list[dict], out_path: str | Path, settings: dict, key: dict) -> tuple[Path, Path]:
-    """Write ``rows`` to ``out_path`` (JSON with schema, time, environment, ``settings`` and the store
-    ``key``) and to the same path with suffix ``.csv`` (lists as space-separated values, None as empty)."""
-    out_path = Path(out_path)
-    if out_path.suffix != ".json":
-        raise CompanionError(f"speed results go to a .json file (the CSV is written next to it), not {out_path}")
-    store.write(out_path, key, {"schema": SCHEMA, "created": timestamp(), "environment": environment(),
-                                "settings": settings, "rows": rows})
+def speed_content(rows: list[dict], settings: dict) -> dict:
+    """The content of a ``speed.json`` (schema, time, environment, ``settings``, ``rows``), without its key."""
+    return {"schema": SCHEMA, "created": timestamp(), "environment": environment(), "settings": settings, "rows": rows}
+
+
+def write_speed_csv(rows: list[dict], csv_path: str | Path) -> Path:
+    """Write ``rows`` as CSV (lists as space-separated values, None as empty), atomically."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     writer.writerows([_cell(row.get(c)) for c in columns] for row in rows)
-    csv_path = atomic_write_text(out_path.with_suffix(".csv"), buffer.getvalue())
-    return out_path, csv_path
+    return atomic_write_text(csv_path, buffer.getvalue())
+
+
+def write_speed(rows: list[dict], out_path: str | Path, settings: dict, key: dict) -> tuple[Path, Path]:
+    """Write ``rows`` to ``out_path`` (:func:`speed_content` with the store ``key``) and to the same path
+    with suffix ``.csv``."""
+    out_path = Path(out_path)
+    if out_path.suffix != ".json":
+        raise CompanionError(f"speed results go to a .json file (the CSV is written next to it), not {out_path}")
+    store.write(out_path, key, speed_content(rows, settings))
+    return out_path, write_speed_csv(rows, out_path.with_suffix(".csv"))

@@ -17,14 +17,14 @@ aggregate table's values.
 
 Drop counts larger than the prunable layers of a model (its layers minus the protected ones, e.g. the
 paper profile's K = 16 on a 4-layer test model) are clipped to that count with a note on stderr
-(:func:`fit_drops`), so a profile runs on any model; a rows' ``K`` is the number actually dropped.
+(:func:`fit_drops`), so a profile runs on any model; a row's ``K`` is the number actually dropped.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import sys
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -38,12 +38,12 @@ from companion.experiments.evaluation import EvalSettings, evaluate_entries
 from companion.experiments.evaluation import task_data as evaluation_task_data
 from companion.experiments.tasks import offline_differences
 from companion.io import atomic_write_bytes, atomic_write_text, sha256_file
+from companion.method import criteria
 from companion.method.calibration import load_documents
 from companion.method.orders import (
     DropOrder,
     baseline_order,
     drop_order,
-    drops_for,
     headline_k,
     parse_protect,
     protected_layers,
@@ -54,6 +54,7 @@ from companion.model.surgery import Pruning, count_parameters, temporarily_prune
 from companion.names import primary_metric
 from companion.provenance import environment, timestamp
 
+log = logging.getLogger(__name__)
 COLUMNS = ["model", "calibration", "method", "granularity", "K", "dropped", "protected", "task", "metric", "primary",
            "value", "stderr", "n", "params"]
 EXAMPLE_COLUMNS = ["model", "calibration", "method", "granularity", "K", "task", "doc_id", "metric", "value"]
@@ -91,31 +92,6 @@ class SweepSettings:
         return replace(settings, limit=self.primary_limit, ppl_chunks=self.primary_ppl_chunks or settings.ppl_chunks)
 
 
-def model_drops(prof: dict, num_layers: int | None) -> list[int]:
-    """A profile's drop counts for a model: at its ``drop_fractions`` of the layers where the profile
-    gives fractions (and the layers are known), else its ``drops``; always with K = 0."""
-    if prof.get("drop_fractions") and num_layers is not None:
-        return drops_for(num_layers, prof["drop_fractions"])
-    return sorted({0, *prof.get("drops", [])})
-
-
-def profile_sweep(prof: dict, calibration: str, drops: list[int], num_layers: int | None, primary: bool,
-                  **overrides) -> SweepSettings:
-    """The sweep a profile runs on ``calibration``: on its primary calibration set every drop count and
-    the primary tier; on the others the headline K only (and the dense model), on ``limit`` examples."""
-    if not primary and num_layers is not None:
-        drops = sorted({0, headline_k(drops, num_layers)})
-    settings = SweepSettings(calibration=calibration, samples=prof["samples"], seqlen=prof["seqlen"], seed=prof["seed"],
-                             methods=list(prof["methods"]), granularities=list(prof["granularities"]), drops=drops,
-                             protect=prof["protect"], data_source=prof["data_source"],
-                             baselines=list(prof["baselines"]), random_seeds=prof["random_seeds"],
-                             primary_methods=list(prof["primary_methods"]),
-                             primary_limit=prof["primary_limit"] if primary else None,
-                             primary_ppl_chunks=prof["primary_ppl_chunks"] if primary else None,
-                             curve_methods=prof["curve_methods"])
-    return replace(settings, **{k: v for k, v in overrides.items() if v not in (None, "", [])})
-
-
 def calibration_label(calibration: str) -> str:
     """How tables name a calibration: a file by its stem, a named source as given (``c4:train``)."""
     return Path(calibration).stem
@@ -145,7 +121,7 @@ def fit_drops(drops: list[int], num_layers: int, protect: str, label: str = "the
 
     Only an explicit ``protect`` rule (``first:2,last:1``, indices, ``none``) fixes the prunable count
     before scoring; with ``auto`` it depends on the scores, so ``drops`` is returned as it is. Clipping
-    prints one note on stderr (unless ``note`` is False).
+    logs one warning (unless ``note`` is False).
     """
     if protect == "auto":
         return sorted(set(drops))
@@ -153,8 +129,8 @@ def fit_drops(drops: list[int], num_layers: int, protect: str, label: str = "the
     fitted = sorted({min(k, prunable) for k in drops})
     over = sorted(k for k in set(drops) if k > prunable)
     if over and note:
-        print(f"note: K = {', '.join(map(str, over))} exceed the {prunable} prunable layers of {label} "
-              f"({num_layers} layers, protected {protect}); clipped to K = {prunable}", file=sys.stderr)
+        log.warning("K = %s exceed the %d prunable layers of %s (%d layers, protected %s); clipped to K = %d",
+                    ", ".join(map(str, over)), prunable, label, num_layers, protect, prunable)
     return fitted
 
 
@@ -163,7 +139,14 @@ def scores_for(model: Callable[[], LoadedModel], settings: SweepSettings, out_di
     """The scores of the sweep's calibration set, reused from ``out_dir`` when computed for the same key."""
     docs = load_documents(settings.calibration, data_source=settings.data_source)
     return cached_scores(scores_path(out_dir, settings.calibration), model, docs, settings.samples, settings.seqlen,
-                         settings.seed, ScoreSettings(), identity=identity, progress=progress)
+                         settings.seed, score_settings(settings), identity=identity, progress=progress)
+
+
+def score_settings(settings: SweepSettings) -> ScoreSettings:
+    """What a sweep scores: every criterion of the one hooked pass (the figures read them all), and the
+    sweep's criteria that run passes of their own, under the sweep's protected layers."""
+    own = [m for m in settings.methods if m in criteria.scored() and not criteria.get(m).one_pass]
+    return ScoreSettings(estimators=[*criteria.names(needs="hidden"), *own], protect=settings.protect)
 
 
 def plan(scores: Scores, settings: SweepSettings) -> tuple[list[DropOrder], dict[tuple[str, str, int], Pruning]]:
@@ -223,11 +206,11 @@ def run_sweep(model: Callable[[], LoadedModel], settings: SweepSettings, eval_se
     if stored is not None and not _examples_match(stored, out_dir, settings.calibration):
         sweep_path(out_dir, settings.calibration).unlink()  # its per-example table is missing or changed
         stored = None
-    if progress and stored is None:
+    if stored is None:
         distinct = len({_pruning_id(p) for p in prunings.values()})
-        print(f"{calibration_label(settings.calibration)}: {distinct} distinct prunings × "
-              f"{len(eval_settings.tasks)} tasks = {distinct * len(eval_settings.tasks)} evaluations "
-              "(stored ones are reused)", file=sys.stderr)
+        log.info("%s: %d distinct prunings × %d tasks = %d evaluations (stored ones are reused)",
+                 calibration_label(settings.calibration), distinct, len(eval_settings.tasks),
+                 distinct * len(eval_settings.tasks))
 
     def compute() -> dict:
         loaded = model()

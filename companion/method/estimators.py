@@ -3,18 +3,14 @@
 Every function takes a (samples, tokens, dim) tensor, treats each sample's tokens as a point cloud of
 n = tokens points in d = dim dimensions, and returns one float32 value per sample, shape (samples,), on
 the input's device. They are batched, free of host syncs and computed in float32 whatever the input
-dtype, so the same code runs on CPU and GPU. Averaging over samples is left to the caller.
+dtype, so the same code runs on CPU and GPU. Averaging over samples is left to the caller. The
+criterion registry (:mod:`companion.method.criteria`) names them, with their parameters' defaults.
 """
 
-import functools
-import inspect
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
-
-from companion.errors import CompanionError
 
 _LOG_EPS = 1e-10  # the released code's guard against log 0 (duplicate tokens) and division by a zero std
 
@@ -164,20 +160,3 @@ def cosine(x: Tensor, y: Tensor) -> Tensor:
 def angular(x: Tensor, y: Tensor) -> Tensor:
     """Mean over tokens of arccos(cos(x_t, y_t)) / π: Gromov et al.'s angular distance, in [0, 1]."""
     return (torch.arccos(_token_cosine(x, y).clamp(-1, 1)) / math.pi).mean(dim=1)
-
-
-ENTROPY_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {
-    "knn": knn, "bucket": bucket, "renyi": renyi, "knn_unit": knn_unit, "bucket_mm": bucket_mm}
-SIMILARITY_SCORES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"cosine": cosine, "angular": angular}
-
-
-def entropy_estimator(name: str, **params: float) -> Callable[[Tensor], Tensor]:
-    """The named entropy estimator with `params` (e.g. k=10, bins=20, alpha=2.0) bound."""
-    if name not in ENTROPY_ESTIMATORS:
-        raise CompanionError(f"unknown entropy estimator {name!r}; valid: {', '.join(ENTROPY_ESTIMATORS)}")
-    fn = ENTROPY_ESTIMATORS[name]
-    try:
-        inspect.signature(fn).bind(None, **params)
-    except TypeError as err:
-        raise CompanionError(f"bad parameters for entropy estimator {name!r}: {err}") from None
-    return functools.partial(fn, **params)

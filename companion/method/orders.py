@@ -1,7 +1,8 @@
 """Drop orders: prunable blocks sorted by score, and the layers every criterion leaves alone.
 
-A drop order sorts the prunable blocks by score ascending: entropy increase ΔH for entropy methods,
-1 − cos (or the angular distance) for similarity methods; ties go by layer index. Protected layers are
+A drop order sorts the prunable blocks by score, in the direction the criterion registry gives (lowest
+first for every criterion so far: entropy increase ΔH, 1 − cos, the angular distance); ties go by layer
+index. Protected layers are
 never dropped, and every criterion of one run protects the same layers: a fixed rule such as the
 paper code's ``first:2,last:1``, or ``auto``, the compression stage detected on the KNN entropy
 profile (``AUTO_REFERENCE``), applied to every criterion alike.
@@ -13,14 +14,15 @@ analysis can derive orders from a scores file.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 from companion.errors import CompanionError
+from companion.method import criteria
 from companion.names import GRANULARITIES
-
 
 AUTO_REFERENCE = "knn"  # the entropy profile whose compression stage ``auto`` protects, for every criterion
 BASELINES = ("random", "last")
@@ -129,7 +131,13 @@ def drop_order(scores: dict, method: str, granularity: str, protect: str = "auto
     for row in rows:
         values[row["layer"]] = row["value"]
     protected = protected_layers(scores, protect)
-    order = sorted((i for i in range(num_layers) if i not in protected), key=lambda i: (values[i], i))
+    prunable = [i for i in range(num_layers) if i not in protected]
+    missing = [i for i in prunable if math.isnan(values[i])]
+    if missing:
+        raise CompanionError(f"{method} has no {granularity} score for layer {missing[0]}: it was scored with other "
+                             f"protected layers than '{protect}'; score again with that rule")
+    sign = -1 if criteria.get(method).drop_first == "highest" else 1
+    order = sorted(prunable, key=lambda i: (sign * values[i], i))
     return DropOrder(method, granularity, order, protected, values, num_layers)
 
 

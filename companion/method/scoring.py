@@ -1,5 +1,7 @@
-"""One forward pass, every score: entropy at each block boundary and similarity for each block.
+"""Every criterion's block scores: one hooked forward pass for the hidden-state criteria, then the
+criteria that run their own forward (or backward) passes.
 
+Which criteria exist, and what each needs, is the criterion registry's (:mod:`companion.method.criteria`).
 Hooks on each decoder layer see its input, the post-attention residual and its output while the
 calibration windows flow through the backbone (the LM head is never computed). Estimators run on
 each batch as it passes and only per-sample values are kept, so activations of the whole calibration
@@ -9,11 +11,16 @@ each of the L+1 boundaries and L post-attention points, and shared by the granul
 - ``attn``:  boundary i  -> mid i
 - ``mlp``:   mid i       -> boundary i+1
 - ``layer``: boundary i  -> boundary i+1
+
+A criterion that needs the model itself (``forward`` or ``gradients``) is called after the pass with the
+same calibration windows, the granularity and the prunable blocks (the protected layers of the run's
+rule are never candidates, so an iterative criterion never removes one), and returns a value per block.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,40 +32,61 @@ from tqdm.auto import tqdm
 
 from companion import store
 from companion.errors import CompanionError
+from companion.method import criteria
 from companion.method.calibration import Documents, Windows, sample_windows
-from companion.method.estimators import SIMILARITY_SCORES, entropy_estimator, rms
+from companion.method.estimators import rms
+from companion.method.orders import protected_layers
 from companion.model import adapters
 from companion.model.loading import LoadedModel
-from companion.names import ALL_ENTROPY_METHODS, DIAGNOSTIC_ENTROPY_METHODS, GRANULARITIES, SIMILARITY_METHODS
+from companion.names import GRANULARITIES
 from companion.provenance import environment, timestamp
 
 SCHEMA = "companion.scores/3"
-DEFAULT_PARAMS = {"knn": {"k": 25}, "bucket": {"bins": 80}, "renyi": {"alpha": 4.0}}
 
 
 @dataclass
 class ScoreSettings:
-    """What to estimate: estimator names (entropy and similarity), their parameters, the batch size.
+    """What to score: criterion names (default: every criterion of the one hooked pass), parameters that
+    replace the registry's defaults, the batch size, and the protected-layers rule that criteria with
+    their own forward passes respect.
 
-    A diagnostic estimator (``DIAGNOSTIC_ENTROPY_METHODS``) without parameters of its own takes those of
-    the paper's estimator it varies (``knn_unit`` the ``k`` of ``knn``, ``bucket_mm`` the bins of ``bucket``).
+    A criterion without parameters of its own takes those of the one it varies (the registry's
+    ``params_of``: ``knn_unit`` the ``k`` of ``knn``, ``bucket_mm`` the bins of ``bucket``).
     """
 
-    estimators: list[str] = field(default_factory=lambda: [*ALL_ENTROPY_METHODS, *SIMILARITY_METHODS])
-    params: dict[str, dict] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_PARAMS.items()})
+    estimators: list[str] = field(default_factory=lambda: list(criteria.names(needs="hidden")))
+    params: dict[str, dict] = field(default_factory=dict)
     batch_size: int = 8
+    protect: str = "first:2,last:1"
 
     def validate(self) -> None:
-        known = set(ALL_ENTROPY_METHODS) | set(SIMILARITY_SCORES)
-        unknown = [name for name in self.estimators if name not in known]
-        if unknown or not self.estimators:
-            raise CompanionError(f"unknown estimator '{(unknown or [''])[0]}'; choose from {', '.join(sorted(known))}")
+        if not self.estimators:
+            raise CompanionError("no criterion to score")
+        for name in self.estimators:
+            if name not in criteria.scored():
+                raise CompanionError(f"unknown estimator '{name}'; choose from {', '.join(criteria.scored())}")
         if self.batch_size < 1:
             raise CompanionError("batch size must be >= 1")
 
     def estimator_params(self, name: str) -> dict:
-        """The parameters ``name`` is computed with."""
-        return dict(self.params.get(name, self.params.get(DIAGNOSTIC_ENTROPY_METHODS.get(name, name), {})))
+        """The parameters ``name`` is computed with: the stated ones, else the registry's defaults (its
+        own, or those of the criterion it varies)."""
+        criterion = criteria.get(name)
+        source = name if (name in self.params or criterion.params or not criterion.params_of) else criterion.params_of
+        return dict(self.params.get(source, criteria.get(source).params))
+
+    @property
+    def own_passes(self) -> list[str]:
+        """The criteria that run their own forward or backward passes, in the order asked."""
+        return [name for name in self.estimators if not criteria.get(name).one_pass]
+
+    def key(self) -> dict:
+        """The part of a scores key these settings decide."""
+        key = {"estimators": list(self.estimators),
+               "params": {name: p for name in self.estimators if (p := self.estimator_params(name))}}
+        if self.own_passes:  # what they remove depends on the protected layers
+            key["protect"] = self.protect
+        return key
 
 
 class _Recorder:
@@ -128,9 +156,9 @@ def collect(loaded: LoadedModel, windows: Windows, settings: ScoreSettings, prog
     ``("similarity", score, granularity, layer)``; values are float32 CPU tensors of shape (samples,).
     """
     settings.validate()
-    entropy_fns = {name: entropy_estimator(name, **settings.estimator_params(name))
-                   for name in settings.estimators if name in ALL_ENTROPY_METHODS}
-    similarity_fns = {name: SIMILARITY_SCORES[name] for name in settings.estimators if name in SIMILARITY_SCORES}
+    one_pass = [criteria.get(name) for name in settings.estimators if criteria.get(name).one_pass]
+    entropy_fns = {c.name: c.bind(**settings.estimator_params(c.name)) for c in one_pass if c.kind == "entropy"}
+    similarity_fns = {c.name: c.bind(**settings.estimator_params(c.name)) for c in one_pass if c.kind == "similarity"}
     recorder = _Recorder(entropy_fns, similarity_fns)
     backbone = adapters.decoder(loaded.model)
     device = next(loaded.model.parameters()).device
@@ -229,30 +257,71 @@ def scores_key(identity: dict, documents: dict, samples: int, seqlen: int, seed:
     return {"kind": "scores", "model": identity,
             "documents": {k: documents[k] for k in ("source", "split", "origin", "sha256")},
             "windows": {"samples": samples, "seqlen": seqlen, "seed": seed},
-            "estimators": list(settings.estimators),
-            "params": {name: settings.estimator_params(name) for name in settings.estimators
-                       if name in ALL_ENTROPY_METHODS},
-            "numerics": store.numerics()}
+            **settings.key(), "numerics": store.numerics()}
+
+
+def own_pass_blocks(loaded: LoadedModel, windows: Windows, settings: ScoreSettings, protected: list[int],
+                    progress: bool = True) -> tuple[list[BlockRecord], dict, dict]:
+    """Block records, per-sample values and costs of the criteria that run their own passes.
+
+    Each is called per granularity as ``fn(loaded, input_ids, granularity, candidates, **params)`` with the
+    prunable layers as candidates, and returns ``{"values": {layer: value}}``, optionally with
+    ``"per_sample": {layer: [value per window]}`` and ``"cost"`` (forward and backward passes); the
+    seconds are measured here.
+    """
+    num_layers = len(adapters.decoder_layers(loaded.model))
+    candidates = [i for i in range(num_layers) if i not in set(protected)]
+    blocks: list[BlockRecord] = []
+    samples: dict = {}
+    costs: dict = {}
+    for name in settings.own_passes:
+        criterion = criteria.get(name)
+        fn = criterion.bind(**settings.estimator_params(name))
+        for granularity in tqdm(GRANULARITIES, desc=name, unit="granularity", disable=not progress):
+            start = time.perf_counter()
+            result = fn(loaded, windows.input_ids, granularity, candidates)
+            cost = {**result.get("cost", {}), "seconds": time.perf_counter() - start}
+            costs.setdefault(name, {})[granularity] = cost
+            per_layer = result.get("per_sample", {})
+            for layer, value in sorted(result["values"].items()):
+                spread = per_layer.get(layer, [])
+                std = float(torch.tensor(spread).std()) if len(spread) > 1 else 0.0
+                blocks.append({"layer": int(layer), "granularity": granularity, "method": name,
+                               "kind": criterion.kind, "h_in": None, "h_out": None, "value": float(value),
+                               "value_std": std})
+            samples.setdefault(name, {})[granularity] = {str(k): list(v) for k, v in per_layer.items()}
+    return blocks, samples, costs
 
 
 def score(loaded: LoadedModel, docs: Documents, windows: Windows, settings: ScoreSettings,
           progress: bool = True) -> dict:
-    """Score every block of ``loaded`` on ``windows``; returns the content of a scores file (without its key)."""
+    """Score every block of ``loaded`` on ``windows``; returns the content of a scores file (without its key).
+
+    The one hooked pass gives the hidden-state criteria (and the entropy profiles that ``auto``
+    protection reads); the criteria with passes of their own follow, never removing a protected layer.
+    """
     per_sample = collect(loaded, windows, settings, progress=progress)
     num_layers = len(adapters.decoder_layers(loaded.model))
-    return {
+    summary = summarize(per_sample, num_layers)
+    content = {
         "schema": SCHEMA,
         "created": timestamp(),
         "model": loaded.provenance(),
         "data": {**docs.provenance(), **windows.provenance()},
         "settings": {"estimators": list(settings.estimators),
-                     "params": {name: settings.estimator_params(name) for name in settings.estimators
-                                if name in ALL_ENTROPY_METHODS},
-                     "batch_size": settings.batch_size},
+                     "params": settings.key()["params"], "batch_size": settings.batch_size},
         "environment": environment(),
         "num_layers": num_layers,
-        **summarize(per_sample, num_layers),
+        **summary,
     }
+    if settings.own_passes:
+        protected = protected_layers({"num_layers": num_layers, "profiles": summary["profiles"]}, settings.protect)
+        blocks, samples, costs = own_pass_blocks(loaded, windows, settings, protected, progress)
+        content["blocks"] = summary["blocks"] + blocks
+        content["per_sample"]["removal"] = samples
+        content["settings"]["protect"] = settings.protect
+        content["costs"] = costs
+    return content
 
 
 def cached_scores(path: str | Path, model: Callable[[], LoadedModel], docs: Documents, samples: int, seqlen: int,

@@ -99,3 +99,10 @@ def describe_model(spec: str, parameters: dict | None = None) -> str:
 def embedded_model(spec: str) -> EmbeddedModel | None:
     """The registry entry named by ``spec``, or ``None`` when it names a Hub id or a folder instead."""
     return EMBEDDED_MODELS.get(spec)
+
+
+def model_label(spec: str) -> str:
+    """How results name a model: a local folder by its folder name (never its path), anything else (an
+    embedded model's name, a Hub id) as given."""
+    path = Path(spec).expanduser()
+    return path.resolve().name if embedded_model(spec) is None and path.is_dir() else spec

@@ -1,0 +1,205 @@
+"""The criterion registry: every way of ranking blocks for removal, with what it needs and how it looks.
+
+One :class:`Criterion` per name, in the spirit of lm-eval's task registry: adding a criterion is one
+:func:`register` call here plus its function. Everything that lists, validates, labels or colours
+criteria (the command line's choices and ``--help``, the configuration's checks, scoring, drop orders,
+figure styles, verdict labels) reads this registry. The module imports no torch, so the analysis can
+read labels and styles; a criterion's function is named by its import path and loaded only to compute.
+
+What a criterion needs (``needs``) decides how scoring calls its function:
+
+- ``hidden``: the one hooked forward pass. An ``entropy`` criterion maps one point's hidden states
+  (samples, tokens, dim) to one value per sample, and a block's score is ΔH = H(out) − H(in); a
+  ``similarity`` criterion maps a block's input and output to one value per sample.
+- ``forward``: its own forward passes; ``gradients``: its own forward and backward passes. The function
+  is called as ``fn(loaded, input_ids, granularity, candidates, **params)`` with the calibration windows
+  and the prunable blocks, and returns a mapping ``{"values": {layer: value}, "cost": {...}}`` (see
+  :func:`companion.method.scoring.own_pass_blocks`).
+- ``none``: a baseline whose order needs no model (``random:<seed>``, ``last``).
+
+Every criterion drops the blocks with the **lowest** values first unless ``drop_first`` says
+``highest``; ties go by layer index.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+from companion.errors import CompanionError
+
+Needs = Literal["hidden", "forward", "gradients", "none"]
+Kind = Literal["entropy", "similarity", "removal", "baseline"]
+Role = Literal["paper", "rival", "diagnostic", "baseline"]
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """One block-ranking criterion.
+
+    Parameters
+    ----------
+    name: what users type (``--methods knn,cosine``).
+    label: how figures and verdicts name it.
+    kind, needs: what it measures and what scoring must give it (module docstring).
+    function: ``"module:attribute"`` of the function that computes it (``None`` for baselines).
+    params: its parameters and their defaults.
+    params_of: another criterion whose parameters it takes when given none of its own (a diagnostic
+        variant of a paper estimator takes that estimator's ``k`` or ``bins``).
+    role: ``paper`` (the paper's estimators and its baseline), ``rival`` (the field's other criteria),
+        ``diagnostic`` (ours, never a pruning criterion unless asked for) or ``baseline`` (null references).
+    drop_first: ``lowest`` or ``highest`` values dropped first.
+    short: the short name verdict sentences use ("KNN ahead by ...").
+    color, marker: the style of its lines and points in every figure.
+    """
+
+    name: str
+    label: str
+    kind: Kind
+    needs: Needs
+    function: str | None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    params_of: str | None = None
+    role: Role = "paper"
+    drop_first: Literal["lowest", "highest"] = "lowest"
+    short: str = ""
+    color: str = "0.3"
+    marker: str = "o"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.drop_first not in ("lowest", "highest"):
+            raise CompanionError(f"criterion {self.name}: drop_first must be 'lowest' or 'highest'")
+        if (self.function is None) != (self.needs == "none"):
+            raise CompanionError(f"criterion {self.name}: a function is needed exactly when it needs a model")
+        object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+
+    def load(self) -> Callable[..., Any]:
+        """The function that computes the criterion (imported now, so torch is loaded only to compute)."""
+        if self.function is None:
+            raise CompanionError(f"criterion '{self.name}' is a baseline: it has no function to compute")
+        module, _, attribute = self.function.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+
+    def bind(self, **params: Any) -> Callable[..., Any]:
+        """The function with ``params`` bound, checked against its signature (one-line error otherwise)."""
+        fn = self.load()
+        try:
+            inspect.signature(fn).bind_partial(**params)
+        except TypeError as err:
+            raise CompanionError(f"bad parameters for criterion '{self.name}': {err}") from None
+        return functools.partial(fn, **params)
+
+    @property
+    def one_pass(self) -> bool:
+        """Whether the criterion is computed from the one hooked forward pass."""
+        return self.needs == "hidden"
+
+
+CRITERIA: dict[str, Criterion] = {}
+
+
+def register(criterion: Criterion) -> Criterion:
+    """Add ``criterion`` to the registry (a name can be registered once)."""
+    if criterion.name in CRITERIA:
+        raise CompanionError(f"criterion '{criterion.name}' is registered already")
+    CRITERIA[criterion.name] = criterion
+    return criterion
+
+
+def unregister(name: str) -> None:
+    """Remove a criterion (for tests and plug-ins that register one temporarily)."""
+    CRITERIA.pop(name, None)
+
+
+def get(name: str) -> Criterion:
+    """The criterion called ``name``; a seeded random baseline ``random:<seed>`` is ``random``.
+
+    A name that is not registered is a one-line error listing the registered ones.
+    """
+    base = "random" if name.startswith("random:") else name
+    if base not in CRITERIA:
+        raise CompanionError(f"unknown criterion '{name}'; choose from {', '.join(CRITERIA)}")
+    return CRITERIA[base]
+
+
+def names(*, kind: str | None = None, role: str | None = None, needs: str | None = None,
+          exclude_role: str | None = None) -> tuple[str, ...]:
+    """Registered names in registration order, filtered by ``kind``, ``role`` and ``needs``."""
+    return tuple(c.name for c in CRITERIA.values()
+                 if (kind is None or c.kind == kind) and (role is None or c.role == role)
+                 and (needs is None or c.needs == needs) and (exclude_role is None or c.role != exclude_role))
+
+
+def scored() -> tuple[str, ...]:
+    """Every criterion a scoring pass can compute (all but the baselines), in registration order."""
+    return tuple(c.name for c in CRITERIA.values() if c.needs != "none")
+
+
+def check(methods: list[str] | tuple[str, ...], what: str = "criterion") -> None:
+    """A one-line error for the first name in ``methods`` that is not a registered criterion."""
+    for method in methods:
+        if method.split(":")[0] not in CRITERIA:
+            raise CompanionError(f"unknown {what} '{method}'; choose from {', '.join(CRITERIA)}")
+
+
+def label(name: str) -> str:
+    """How figures and verdicts name a criterion (a seed of ``random`` keeps its seed)."""
+    base = name.split(":")[0]
+    if base not in CRITERIA:
+        return name
+    if name.startswith("random:"):
+        return f"random (seed {name.split(':')[1]})"
+    return CRITERIA[base].label
+
+
+def short(name: str) -> str:
+    """The short name of a criterion in verdict sentences."""
+    criterion = CRITERIA.get(name.split(":")[0])
+    return (criterion.short or criterion.name) if criterion else name
+
+
+def style(name: str) -> tuple[str, str]:
+    """The colour and marker of a criterion in every figure."""
+    criterion = CRITERIA.get(name.split(":")[0])
+    return (criterion.color, criterion.marker) if criterion else ("0.3", "o")
+
+
+def help_text(selection: tuple[str, ...] | None = None) -> str:
+    """``name (label)`` for each criterion of ``selection`` (default: all), for ``--help``."""
+    return ", ".join(f"{n} ({CRITERIA[n].label})" for n in (selection or tuple(CRITERIA)))
+
+
+_ESTIMATORS = "companion.method.estimators"
+
+# The paper's entropy estimators, ours, and the similarity criteria: all from the one hooked pass.
+register(Criterion("knn", "KNN entropy", "entropy", "hidden", f"{_ESTIMATORS}:knn", {"k": 25}, short="KNN",
+                   color="#0072B2", marker="o", description="Kozachenko–Leonenko entropy, ΔH across the block"))
+register(Criterion("bucket", "Bucket entropy", "entropy", "hidden", f"{_ESTIMATORS}:bucket", {"bins": 80},
+                   short="bucket", color="#009E73", marker="s",
+                   description="per-dimension histogram entropy, ΔH across the block"))
+register(Criterion("renyi", "Rényi entropy", "entropy", "hidden", f"{_ESTIMATORS}:renyi", {"alpha": 4.0},
+                   short="Rényi", color="#CC79A7", marker="^",
+                   description="kernel Rényi entropy of order α, ΔH across the block"))
+register(Criterion("knn_unit", "Scale-free KNN entropy (ours, not the paper's)", "entropy", "hidden",
+                   f"{_ESTIMATORS}:knn_unit", params_of="knn", role="diagnostic", short="scale-free KNN",
+                   color="#56B4E9", marker="x", description="KNN on tokens divided by their RMS norm"))
+register(Criterion("bucket_mm", "Bucket entropy, Miller–Madow (ours, not the paper's)", "entropy", "hidden",
+                   f"{_ESTIMATORS}:bucket_mm", params_of="bucket", role="diagnostic", short="Miller–Madow bucket",
+                   color="#7FCDBB", marker="P", description="Bucket with the Miller–Madow bias correction"))
+register(Criterion("cosine", "Cosine (1 − cos)", "similarity", "hidden", f"{_ESTIMATORS}:cosine", short="cosine",
+                   color="#D55E00", marker="D", description="LLM-Drop / ShortGPT: 1 − mean cos(X, Y)"))
+register(Criterion("angular", "Angular distance", "similarity", "hidden", f"{_ESTIMATORS}:angular",
+                   role="rival", short="angular", color="#E69F00", marker="v",
+                   description="Gromov et al.: mean arccos(cos(X, Y)) / π"))
+# Null references: orders that need no model.
+register(Criterion("random", "random drop sets (baseline)", "baseline", "none", None, role="baseline",
+                   short="random drop sets", color="0.55", marker=".",
+                   description="a seeded random order of the prunable blocks"))
+register(Criterion("last", "last K (baseline)", "baseline", "none", None, role="baseline", short="last K",
+                   color="0.35", marker=".", description="the last prunable blocks first (reverse order)"))
