@@ -12,8 +12,8 @@ What a criterion needs (``needs``) decides how scoring calls its function:
   (samples, tokens, dim) to one value per sample, and a block's score is ΔH = H(out) − H(in); a
   ``similarity`` criterion maps a block's input and output to one value per sample.
 - ``forward``: its own forward passes; ``gradients``: its own forward and backward passes. The function
-  is called as ``fn(loaded, input_ids, granularity, candidates, **params)`` with the calibration windows
-  and the prunable blocks, and returns a mapping ``{"values": {layer: value}, "cost": {...}}`` (see
+  is called as ``fn(model, input_ids, granularity, candidates, **params)`` with the calibration windows
+  and the prunable blocks, and returns the blocks' scores with what they cost (see
   :func:`companion.method.scoring.own_pass_blocks`).
 - ``none``: a baseline whose order needs no model (``random:<seed>``, ``last``).
 

@@ -19,8 +19,8 @@ rule are never candidates, so an iterative criterion never removes one), and ret
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -261,36 +261,31 @@ def scores_key(identity: dict, documents: dict, samples: int, seqlen: int, seed:
 
 
 def own_pass_blocks(loaded: LoadedModel, windows: Windows, settings: ScoreSettings, protected: list[int],
-                    progress: bool = True) -> tuple[list[BlockRecord], dict, dict]:
-    """Block records, per-sample values and costs of the criteria that run their own passes.
+                    progress: bool = True) -> tuple[list[BlockRecord], dict]:
+    """Block records, and what each run cost (with each criterion's details), of the criteria that run
+    passes of their own.
 
-    Each is called per granularity as ``fn(loaded, input_ids, granularity, candidates, **params)`` with the
-    prunable layers as candidates, and returns ``{"values": {layer: value}}``, optionally with
-    ``"per_sample": {layer: [value per window]}`` and ``"cost"`` (forward and backward passes); the
-    seconds are measured here.
+    Each is called per granularity as ``fn(model, input_ids, granularity, candidates, **params)`` with the
+    prunable layers as candidates, and returns an object with ``scores`` (``{layer: value}``), ``cost``
+    (a dataclass of passes, backward passes and seconds) and ``details`` (see
+    :class:`companion.method.removal.CriterionResult`).
     """
     num_layers = len(adapters.decoder_layers(loaded.model))
     candidates = [i for i in range(num_layers) if i not in set(protected)]
     blocks: list[BlockRecord] = []
-    samples: dict = {}
-    costs: dict = {}
+    runs: dict = {}
     for name in settings.own_passes:
         criterion = criteria.get(name)
         fn = criterion.bind(**settings.estimator_params(name))
         for granularity in tqdm(GRANULARITIES, desc=name, unit="granularity", disable=not progress):
-            start = time.perf_counter()
-            result = fn(loaded, windows.input_ids, granularity, candidates)
-            cost = {**result.get("cost", {}), "seconds": time.perf_counter() - start}
-            costs.setdefault(name, {})[granularity] = cost
-            per_layer = result.get("per_sample", {})
-            for layer, value in sorted(result["values"].items()):
-                spread = per_layer.get(layer, [])
-                std = float(torch.tensor(spread).std()) if len(spread) > 1 else 0.0
+            result = fn(loaded.model, windows.input_ids, granularity, candidates)
+            runs.setdefault(name, {})[granularity] = {"cost": dataclasses.asdict(result.cost),
+                                                      "details": result.details}
+            for layer, value in sorted(result.scores.items()):
                 blocks.append({"layer": int(layer), "granularity": granularity, "method": name,
                                "kind": criterion.kind, "h_in": None, "h_out": None, "value": float(value),
-                               "value_std": std})
-            samples.setdefault(name, {})[granularity] = {str(k): list(v) for k, v in per_layer.items()}
-    return blocks, samples, costs
+                               "value_std": 0.0})
+    return blocks, runs
 
 
 def score(loaded: LoadedModel, docs: Documents, windows: Windows, settings: ScoreSettings,
@@ -316,11 +311,10 @@ def score(loaded: LoadedModel, docs: Documents, windows: Windows, settings: Scor
     }
     if settings.own_passes:
         protected = protected_layers({"num_layers": num_layers, "profiles": summary["profiles"]}, settings.protect)
-        blocks, samples, costs = own_pass_blocks(loaded, windows, settings, protected, progress)
+        blocks, runs = own_pass_blocks(loaded, windows, settings, protected, progress)
         content["blocks"] = summary["blocks"] + blocks
-        content["per_sample"]["removal"] = samples
         content["settings"]["protect"] = settings.protect
-        content["costs"] = costs
+        content["own_passes"] = runs
     return content
 
 
