@@ -19,11 +19,10 @@ rule are never candidates, so an iterative criterion never removes one), and ret
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -279,7 +278,7 @@ def own_pass_blocks(loaded: LoadedModel, windows: Windows, settings: ScoreSettin
         fn = criterion.bind(**settings.estimator_params(name))
         for granularity in tqdm(GRANULARITIES, desc=name, unit="granularity", disable=not progress):
             result = fn(loaded.model, windows.input_ids, granularity, candidates)
-            runs.setdefault(name, {})[granularity] = {"cost": dataclasses.asdict(result.cost),
+            runs.setdefault(name, {})[granularity] = {"cost": asdict(result.cost),
                                                       "details": result.details}
             for layer, value in sorted(result.scores.items()):
                 blocks.append({"layer": int(layer), "granularity": granularity, "method": name,
