@@ -64,7 +64,9 @@ def sweep_rows() -> list[dict]:
 
 # ---------------------------------------------------------------- parameters
 
-def test_resolve_parameters_uses_the_profile_and_overrides(tmp_path):
+def test_resolve_parameters_uses_the_profile_and_overrides(tmp_path, monkeypatch):
+    # the layer count from the config alone; the real call would convert the embedded model (a minute)
+    monkeypatch.setattr("companion.model.loading.model_num_layers", {"gemma-3-270m": 18}.get)
     run = runs.resolve_parameters({"profile": "smoke", "model": None, "samples": None, "seed": None, "limit": None,
                                        "results_dir": str(tmp_path)})
     assert run.model == "gemma-3-270m" and run.samples == 8 and run.seed == 2024 and run.limit == 8
