@@ -20,7 +20,7 @@ JB := $(VENV)/bin/jupyter-book
 JB_FLAGS := --warningiserror --nitpick --keep-going
 SMOKE := generated/smoke
 
-.PHONY: help install browser reproduce notebooks book test test-unit test-smoke clean
+.PHONY: help install browser reproduce notebooks book test test-unit test-integration test-smoke clean
 
 help:
 	@echo "make reproduce   execute every figure notebook and build the book"
@@ -28,6 +28,7 @@ help:
 	@echo "                  LIMIT=<examples per task, e.g. 20 for a first try>, CALIBRATION=c4,wikitext2)"
 	@echo "make book        build the book from the executed notebooks in book/figures"
 	@echo "make test        unit + integration tests, the smoke profile end to end, and the built book"
+	@echo "make test-unit   the fast tests only (tiny models built in the tests; a few minutes)"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,10 +62,18 @@ book: install
 reproduce: notebooks book
 	@echo "book: book/_build/html/index.html"
 
-test: test-unit test-smoke
+# Markers (pyproject.toml): the fast tests carry none; integration (real embedded models), paper_e2e (the
+# paper profile end to end on tiny models) and slow (tiny models, but more than a few seconds) run apart.
+UNIT := not integration and not paper_e2e and not slow
 
-test-unit: install browser
-	$(PY) -m pytest -q
+test: test-unit test-integration test-smoke
+
+test-unit: install
+	$(PY) -m pytest -q -m "$(UNIT)"
+
+# The book's tests (marked slow) are left to test-smoke, which runs them on the book built from the smoke run.
+test-integration: install
+	$(PY) -m pytest -q -m "not ($(UNIT))" --ignore=tests/test_book.py
 
 # The smoke profile through every notebook into a copy of the book, then the same checks on that build.
 test-smoke: install browser

@@ -14,7 +14,8 @@ from companion.method import criteria
 from companion.model.embedded import EMBEDDED_MODELS
 from companion.model.loading import DEFAULT_MODEL
 from companion.names import GRANULARITIES
-from companion.pipeline.config import DATA_SOURCES, DEFAULT_PROFILE, PROFILES, csv_list, int_list, resolve
+from companion.hub import DATA_SOURCES
+from companion.pipeline.config import DEFAULT_PROFILE, PROFILES, csv_list, int_list, resolve
 
 DESCRIPTION = """EntroDrop companion: entropy-based block pruning of decoder-only LLMs.
 

@@ -18,15 +18,22 @@ sweep           the scores key's digest; methods, granularities, drop counts, pr
                 the evaluation settings; model identity; :func:`numerics`
 speed           model identity; the machine (CPU or GPU name); scores key digest; method, protection,
                 granularities, drop counts; prompt, generated tokens, batch, warm-up, repeats; numerics
-notebook        the notebook's source, its parameters, the package source, and a fingerprint of the
-                JSON/CSV results under the run's results folder (see :mod:`companion.analysis.reproduce`)
+notebook        the notebook's source, its parameters, the syntax trees of the package modules it imports
+                (transitively), and a fingerprint of the JSON/CSV results under the run's results folder
+                (see :mod:`companion.analysis.reproduce`)
 ==============  ===========================================================================================
 
 The model identity's fingerprint hashes every file of the checkpoint folder (weights, config, tokenizer,
 pruning manifest), so a local model folder whose files changed is never served old results.
 :func:`numerics` holds the versions of the libraries whose arithmetic results depend on (torch,
 transformers, lm-eval) and ``NUMERICS_VERSION``, which is bumped whenever numeric code of this
-package changes. Batch sizes are not in the keys: they change results only by float rounding.
+package changes what it computes. So that a change cannot slip by unbumped, ``NUMERICS_FINGERPRINT``
+records :func:`numeric_fingerprint`, a hash of the syntax trees of the modules that compute numbers
+(``NUMERIC_MODULES``; comments, docstrings and formatting do not count), and a test fails when the two
+differ: if numbers change, bump ``NUMERICS_VERSION``; if not (a pure refactor), record the new fingerprint
+(``python -m companion.store`` prints it) and say in the commit how equality was checked. The fingerprint
+is not part of any key, so a refactor keeps the stored results. Batch sizes are not in the keys: they
+change results only by float rounding.
 
 Entries are written atomically, under a per-entry file lock, so concurrent runs on one results folder
 neither corrupt an entry nor compute it twice; a truncated or corrupt entry is recomputed after a
@@ -35,11 +42,12 @@ one-line warning.
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import functools
 import hashlib
 import json
-import sys
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import metadata
@@ -52,7 +60,26 @@ from companion.io import atomic_write_json
 # FastHFLM, perplexity, speed). 2: KNN distances of identical tokens are exactly zero. 3: evaluations
 # keep per-example records and score a seeded random sample of each task instead of its first examples.
 NUMERICS_VERSION = 3
+# numeric_fingerprint() when NUMERICS_VERSION was last checked; re-record with `python -m companion.store`.
+NUMERICS_FINGERPRINT = "9209249dfa825c9a60c698a299c09014bcd1209b95722da688d037d6031996d5"
+# The modules whose code computes numbers, relative to the package; a new numeric module is added here. A
+# module that does not exist is skipped (its name still counts, so a rename changes the fingerprint).
+NUMERIC_MODULES = (
+    "method/estimators.py",
+    "method/scoring.py",
+    "method/calibration.py",
+    "method/orders.py",
+    "experiments/evaluation.py",
+    "experiments/fastlm.py",
+    "experiments/sweep.py",
+    "experiments/speed.py",
+    "experiments/tasks.py",
+    "model/surgery.py",
+    "model/loading.py",
+)
+PACKAGE = Path(__file__).resolve().parent
 _NUMERIC_LIBRARIES = ("torch", "transformers", "lm_eval")
+log = logging.getLogger(__name__)
 
 
 def numerics() -> dict[str, Any]:
@@ -71,6 +98,44 @@ def _numerics() -> dict[str, Any]:
     return versions
 
 
+def code_fingerprint(path: str | Path) -> str:
+    """sha256 of a Python module's syntax tree without its docstrings: comments, docstrings and
+    formatting do not change it, any change to the code does."""
+    tree = ast.parse(Path(path).read_text(encoding="utf-8"))
+    return hashlib.sha256(_canonical(tree).encode()).hexdigest()
+
+
+def _canonical(node: Any) -> str:
+    """A syntax tree as text, field by field, without positions, docstrings, ``None`` or empty fields
+    (so that the text is the same under the Python versions whose trees differ only by such fields)."""
+    if isinstance(node, ast.AST):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            body = body[1:]
+        fields = []
+        for name in node._fields:
+            value = body if name == "body" and body is not None else getattr(node, name, None)
+            if value is None or (isinstance(value, list) and not value):
+                continue
+            fields.append(f"{name}={_canonical(value)}")
+        return f"{type(node).__name__}({','.join(fields)})"
+    if isinstance(node, list):
+        return f"[{','.join(map(_canonical, node))}]"
+    return repr(node)
+
+
+def numeric_fingerprint(modules: tuple[str, ...] = NUMERIC_MODULES) -> str:
+    """sha256 over the names and :func:`code_fingerprint` of the numeric ``modules`` (paths relative to the
+    package; a missing one counts by its name only)."""
+    hasher = hashlib.sha256()
+    for relative in modules:
+        path = PACKAGE / relative
+        hasher.update(f"{relative}={code_fingerprint(path) if path.exists() else 'missing'}\n".encode())
+    return hasher.hexdigest()
+
+
 def digest(key: Any) -> str:
     """sha256 of a key's canonical JSON (sorted keys, no whitespace)."""
     return hashlib.sha256(json.dumps(key, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -82,7 +147,7 @@ def entry_path(folder: str | Path, key: Any) -> Path:
 
 
 def _warn(path: Path, reason: str) -> None:
-    print(f"warning: ignoring unreadable result {path.name} ({reason}); recomputing it", file=sys.stderr)
+    log.warning("ignoring unreadable result %s (%s); recomputing it", path.name, reason)
 
 
 def read(path: str | Path, key: Any, warn: bool = True) -> dict | None:
@@ -159,3 +224,7 @@ def fingerprint_files(folder: str | Path, suffixes: tuple[str, ...] = (".json", 
             hasher.update(path.relative_to(folder).as_posix().encode() + b"\0")
             hasher.update(hashlib.sha256(path.read_bytes()).digest())
     return hasher.hexdigest()
+
+
+if __name__ == "__main__":  # python -m companion.store: the fingerprint to record as NUMERICS_FINGERPRINT
+    print(numeric_fingerprint())

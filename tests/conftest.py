@@ -81,3 +81,23 @@ def isolated_cache(request, tmp_path, monkeypatch):
     model, weight fingerprints)."""
     if not request.node.get_closest_marker("integration"):
         monkeypatch.setenv("COMPANION_CACHE_DIR", str(tmp_path / "cache"))
+
+
+# ---------------------------------------------------------------- markers shared by the test files
+
+# Tests that read the local benchmark data (WikiText-2, C4, the lm-eval task files).
+needs_data = pytest.mark.skipif(not os.environ.get("COMPANION_DATA_DIR"),
+                                reason="COMPANION_DATA_DIR is not set (no local benchmark data)")
+
+# Tests on tiny models that take more than a few seconds, marked `slow` here because their files are
+# edited elsewhere (elsewhere, mark them with @pytest.mark.slow): `make test-unit` leaves them out and
+# `make test-integration` runs them.
+SLOW = {
+    "tests/test_evaluation.py::test_stock_lm_eval_on_a_pruned_checkpoint_matches_companion",  # stock lm-eval
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("[")[0] in SLOW:
+            item.add_marker(pytest.mark.slow)

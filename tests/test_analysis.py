@@ -136,10 +136,7 @@ def test_spread_vs_noise_and_its_verdict():
     np.testing.assert_allclose(table["std"], [math.sqrt(2), 0, math.sqrt(0.5)])
     np.testing.assert_allclose(table["sem"], table["std"] / math.sqrt(2))
     assert (table["spread"] == 0).all()
-    assert verdicts.noise_verdict(0.0, table["sem"].max(), table["std"].median()).startswith("no")
-    assert verdicts.noise_verdict(0.5, 0.1, 1.0).startswith("only on average")
-    assert verdicts.noise_verdict(2.0, 0.1, 1.0).startswith("yes")
-    assert verdicts.noise_verdict(float("nan"), 0.1, 1.0) == "cannot tell"
+    assert verdicts.noise(0.0, table["sem"].max(), table["std"].median()).category == "within_noise"
 
 
 def test_bucket_bias_and_tokens_per_bin():
@@ -258,42 +255,83 @@ NAN = float("nan")
 
 
 def test_two_stage_verdict():
-    assert verdicts.two_stage_verdict([3, 2, 1, 2, 4]) == "two-stage: falls over the first 2 layers, then rises"
-    assert verdicts.two_stage_verdict([3, 1, 2, 2, 2]) == "two-stage: falls over the first 1 layers, then rises"
-    assert verdicts.two_stage_verdict([1, 2, 3, 4, 5]) == "no compression stage: entropy does not fall at first"
-    assert verdicts.two_stage_verdict([1, 1, 1]) == "no compression stage: entropy does not fall at first and does not rise"
+    def outcome(profile):
+        verdict = verdicts.two_stage(profile)
+        assert verdict.text == verdicts.two_stage_verdict(profile) and verdict.text
+        return verdict.category, verdict.numbers["stage"]
+
+    assert outcome([3, 2, 1, 2, 4]) == ("two_stage", 2)
+    assert outcome([3, 1, 2, 2, 2]) == ("two_stage", 1)
+    assert outcome([1, 2, 3, 4, 5]) == ("no_compression", 0)
+    assert outcome([1, 1, 1]) == ("no_compression", 0) and verdicts.two_stage([1, 1, 1]).numbers["rise"] == 0
     # the stage ends in the first half (boundary 2 of 0..4); the fall goes on but never rises again
-    assert verdicts.two_stage_verdict([3, 2, 1, 0.9, 0.5]) == "falls over the first 2 layers but does not rise again"
-    assert verdicts.two_stage_verdict([3, 2, 1, 2, 1]) == "falls over the first 2 layers but does not rise again"
+    assert outcome([3, 2, 1, 0.9, 0.5]) == ("falls_only", 2)
+    assert outcome([3, 2, 1, 2, 1]) == ("falls_only", 2)
+    assert verdicts.two_stage([3, 2, 1, 2, 4]).numbers["rise"] == 3
 
 
 def test_trend_verdict():
-    assert verdicts.trend_verdict(-0.8, 0.01) == "yes: ΔH falls with depth (p < 0.05)"
-    assert verdicts.trend_verdict(-0.8, 0.05).startswith("weak")  # p must be below alpha
-    assert verdicts.trend_verdict(-0.8, 0.02, alpha=0.01) == "weak: ΔH tends to fall with depth, not significant"
-    assert verdicts.trend_verdict(-0.8, 0.005, alpha=0.01) == "yes: ΔH falls with depth (p < 0.01)"
-    assert verdicts.trend_verdict(0.0, 0.001) == "no: ΔH does not fall with depth"
-    assert verdicts.trend_verdict(0.3, 0.5) == "no: ΔH does not fall with depth"
-    assert verdicts.trend_verdict(NAN, NAN) == "not measured"
-    assert verdicts.trend_verdict(-0.9, NAN) == "not measured"
+    def category(*args, **kwargs):
+        verdict = verdicts.trend(*args, **kwargs)
+        assert verdict.text == verdicts.trend_verdict(*args, **kwargs) and verdict.text
+        return verdict.category
+
+    assert category(-0.8, 0.01) == "falls"
+    assert category(-0.8, 0.05) == "weak"  # p must be below alpha
+    assert category(-0.8, 0.02, alpha=0.01) == "weak"
+    assert category(-0.8, 0.005, alpha=0.01) == "falls" and verdicts.trend(-0.8, 0.005, 0.01).numbers["alpha"] == 0.01
+    assert category(0.0, 0.001) == category(0.3, 0.5) == "no"
+    assert category(NAN, NAN) == category(-0.9, NAN) == verdicts.UNKNOWN
+    assert verdicts.trend_verdict(NAN, NAN) == verdicts.NOT_MEASURED
+
+
+def test_noise_verdict():
+    def category(spread, sem, std):
+        verdict = verdicts.noise(spread, sem, std)
+        assert verdict.text == verdicts.noise_verdict(spread, sem, std) and verdict.text
+        return verdict.category
+
+    assert category(0.15, 0.1, 1.0) == "within_noise"  # below 2 standard errors (0.2)
+    assert category(0.5, 0.1, 1.0) == "on_average"
+    assert category(2.0, 0.1, 1.0) == "stands_out"
+    assert category(NAN, 0.1, 1.0) == category(1.0, None, 1.0) == verdicts.UNKNOWN
+    assert verdicts.noise(0.5, 0.1, 1.0).numbers == {"spread": 0.5, "two_sem": 0.2, "std": 1.0}
 
 
 def test_ranking():
-    assert verdicts.ranking({"knn": 90.0, "bucket": 95.0, "renyi": NAN}) == "bucket > knn"
-    assert verdicts.ranking({"a": 1.0, "b": 3.0, "c": 2.0}) == "b > c > a"
-    assert verdicts.ranking({"a": 1.0, "b": 1.0}) == "a > b"  # ties keep the given order
-    assert verdicts.ranking({"a": None, "b": NAN}) == "not measured"
-    assert verdicts.ranking({}) == "not measured"
+    assert verdicts.ranked({"knn": 90.0, "bucket": 95.0, "renyi": NAN}) == ["bucket", "knn"]
+    assert verdicts.ranked({"a": 1.0, "b": 3.0, "c": 2.0}) == ["b", "c", "a"]
+    assert verdicts.ranked({"a": 1.0, "b": 1.0}) == ["a", "b"]  # ties keep the given order
+    assert verdicts.ranked({"a": None, "b": NAN}) == verdicts.ranked({}) == []
+    assert verdicts.ranking({"a": 1.0, "b": 3.0}) == "b > a"
+    assert verdicts.ranking({}) == verdicts.NOT_MEASURED
 
 
 def test_speed_verdict():
-    assert verdicts.speed_verdict(1.2) == "beyond the FLOP-proportional gain"
-    assert verdicts.speed_verdict(1.19) == "near-linear: ≥ 80% of the FLOP-proportional gain"
-    assert verdicts.speed_verdict(0.8) == "near-linear: ≥ 80% of the FLOP-proportional gain"
-    assert verdicts.speed_verdict(0.5) == "sub-linear: 50% of the FLOP-proportional gain"
-    assert verdicts.speed_verdict(0.0) == "no measurable speedup"
-    assert verdicts.speed_verdict(-0.1) == "no measurable speedup"
-    assert verdicts.speed_verdict(NAN) == "not measured"
+    def category(efficiency):
+        verdict = verdicts.speed(efficiency)
+        assert verdict.text == verdicts.speed_verdict(efficiency) and verdict.text
+        return verdict.category
+
+    assert category(1.2) == "beyond"
+    assert category(1.19) == category(0.8) == "near_linear"
+    assert category(0.5) == "sub_linear" and verdicts.speed(0.5).numbers["efficiency"] == 0.5
+    assert category(0.0) == category(-0.1) == "none"
+    assert category(NAN) == verdicts.UNKNOWN and verdicts.speed_verdict(NAN) == verdicts.NOT_MEASURED
+
+
+def test_counted_verdicts():
+    changed = verdicts.calibration_change(1, 2, -20.0, -25.0, -15.0)
+    assert changed.category == "changed" and (changed.numbers["changed"], changed.numbers["settings"]) == (1, 2)
+    unchanged = verdicts.calibration_change(0, 2, 1.5, -0.5, 3.5)
+    assert unchanged.category == "unchanged" and unchanged.numbers["largest"] == 1.5
+    assert verdicts.calibration_change(0, 0, NAN, NAN, NAN).category == verdicts.UNKNOWN
+    assert [verdicts.retention_headline(low, high, 95).category for low, high in ((96, 99), (90, 94.9), (94, 97))] == [
+        "reached", "not_reached", "undecided"]
+    assert [verdicts.curve("a", "b", *counts, 5).category for counts in ((2, 0), (0, 1), (1, 1), (0, 0))] == [
+        "a_ahead", "b_ahead", "mixed", "no_difference"]
+    assert verdicts.curve("a", "b", 0, 0, 0).category == verdicts.UNKNOWN
+    assert verdicts.curve("a", "b", 2, 1, 5).numbers == {"ahead_a": 2, "ahead_b": 1, "ks": 5}
 
 
 def test_native_values_for_glue():
@@ -393,7 +431,8 @@ def test_profile_numbers_of_a_known_profile():
     scores = hand_scores({("knn", "layer"): list(np.diff(profile))}, {"knn": profile})
     numbers = findings.profile_numbers(scores, ["knn"])
     assert numbers["num_layers"] == 6 and numbers["knn_stage_layers"] == 2
-    assert numbers["knn_two_stage"] == "two-stage: falls over the first 2 layers, then rises"
+    assert numbers["knn_two_stage"] == verdicts.two_stage_verdict(profile)
+    assert verdicts.two_stage(profile).category == "two_stage"
     assert numbers["knn_rise"] == pytest.approx((4 - 0) / (5 - 0))
     assert numbers["knn_expansion_positive_pct"] == pytest.approx(50)
     # Spearman of layers 2..5 against ranks 4, 3, 1.5, 1.5: ρ = −4.5 / sqrt(5 · 4.5) = −3/√10; with n = 4 the
@@ -401,12 +440,13 @@ def test_profile_numbers_of_a_known_profile():
     rho = -3 / math.sqrt(10)
     assert numbers["knn_depth_rho"] == pytest.approx(rho)
     assert numbers["knn_depth_p"] == pytest.approx(1 - abs(rho))
-    assert numbers["knn_depth_verdict"].startswith("weak")  # p = 0.051: not below 0.05
+    assert numbers["knn_depth_verdict"] == verdicts.trend_verdict(rho, 1 - abs(rho))
+    assert verdicts.trend(rho, 1 - abs(rho)).category == "weak"  # p = 0.051: not below 0.05
     for key in ("stage_layers", "rise", "expansion_positive_pct", "depth_rho", "depth_p"):
         assert math.isnan(numbers[f"bucket_{key}"]) and math.isnan(numbers[f"renyi_{key}"])
-    assert numbers["bucket_two_stage"] == numbers["renyi_depth_verdict"] == "not measured"
+    assert numbers["bucket_two_stage"] == numbers["renyi_depth_verdict"] == verdicts.NOT_MEASURED
     flat = findings.profile_numbers(hand_scores({("knn", "layer"): [0.0] * 4}, {"knn": [1.0] * 5}), ["knn"])
-    assert math.isnan(flat["knn_rise"]) and flat["knn_depth_verdict"] == "not measured"
+    assert math.isnan(flat["knn_rise"]) and flat["knn_depth_verdict"] == verdicts.NOT_MEASURED
 
 
 def test_accuracy_numbers_of_the_hand_made_sweep():
@@ -462,7 +502,7 @@ def test_estimator_numbers_rank_and_compare_estimators():
     numbers = findings.estimator_numbers(estimator_scores(), acc, ["knn", "bucket", "renyi"], ["attn"], 2, "none")
     assert numbers["best_estimator_attn"] == "Rényi" and numbers["renyi_last_attn"] == "no"
     numbers = findings.estimator_numbers(estimator_scores(), acc, ["knn", "bucket"], ["attn"], 2, "none")
-    assert numbers["renyi_last_attn"] == "not measured" and math.isnan(numbers["spearman_knn_renyi_attn"])
+    assert numbers["renyi_last_attn"] == verdicts.NOT_MEASURED and math.isnan(numbers["spearman_knn_renyi_attn"])
     assert math.isnan(numbers["renyi_attn_retention_mean"])
 
 
@@ -502,13 +542,17 @@ def test_calibration_numbers_from_paired_comparisons():
     # 40 of 200 examples right under wikitext2 and wrong under c4: 20 points
     assert numbers["calib_max_acc_diff"] == pytest.approx(100 * 40 / 200)
     assert (numbers["calib_changed"], numbers["calib_settings"], numbers["calib_same_blocks"]) == (1, 2, 1)
-    assert numbers["calib_verdict"].startswith("changes detected in 1 of 2 settings")
+    worst = changed.loc[changed["diff"].abs().idxmax()]
+    assert numbers["calib_verdict"] == verdicts.calibration_change(1, 2, worst["diff"], worst["ci_low"],
+                                                                   worst["ci_high"]).text
     same = calibration_comparisons(calibration_examples(flip_k4=0), "wikitext2", "c4")
     within = findings.calibration_numbers(scores, calibration_acc(), same, ["knn"], ["attn"], 2, "none")
-    assert within["calib_changed"] == 0 and within["calib_verdict"].startswith("no change detected in any of 2")
-    assert "tie" not in within["calib_verdict"]
+    assert (within["calib_changed"], within["calib_settings"]) == (0, 2)
+    worst = same.loc[same["diff"].abs().idxmax()]
+    assert within["calib_verdict"] == verdicts.calibration_change(0, 2, worst["diff"], worst["ci_low"],
+                                                                  worst["ci_high"]).text
     empty = findings.calibration_numbers(scores, calibration_acc(), same.iloc[:0], ["knn"], ["attn"], 2, "none")
-    assert empty["calib_settings"] == 0 and empty["calib_verdict"] == "not measured"
+    assert empty["calib_settings"] == 0 and empty["calib_verdict"] == verdicts.NOT_MEASURED
 
 
 def test_speed_numbers_of_known_speedups():
@@ -522,14 +566,17 @@ def test_speed_numbers_of_known_speedups():
     numbers = findings.speed_numbers(speed)
     assert numbers["speed_k_max"] == 2 and numbers["speed_device"] == "cpu"
     assert numbers["attn_prefill_efficiency"] == pytest.approx(0.9)
-    assert numbers["attn_prefill_verdict"].startswith("near-linear")
-    assert numbers["attn_decode_efficiency"] == 0 and numbers["attn_decode_verdict"] == "no measurable speedup"
-    assert numbers["layer_prefill_efficiency"] == pytest.approx(1.25) and numbers["layer_prefill_verdict"].startswith("beyond")
-    assert numbers["layer_decode_efficiency"] == pytest.approx(0.2) and numbers["layer_decode_verdict"].startswith("sub-linear")
+    assert numbers["attn_decode_efficiency"] == 0
+    assert numbers["layer_prefill_efficiency"] == pytest.approx(1.25)
+    assert numbers["layer_decode_efficiency"] == pytest.approx(0.2)
+    for key, category in (("attn_prefill", "near_linear"), ("attn_decode", "none"), ("layer_prefill", "beyond"),
+                          ("layer_decode", "sub_linear")):
+        assert verdicts.speed(numbers[f"{key}_efficiency"]).category == category
+        assert numbers[f"{key}_verdict"] == verdicts.speed_verdict(numbers[f"{key}_efficiency"])
     assert numbers["attn_kv_cache_ratio"] == 0.5 and numbers["attn_params_ratio"] == pytest.approx(0.8)
     assert numbers["layer_params_ratio"] == pytest.approx(0.6) and numbers["layer_prefill_speedup"] == 1.5
     attn_only = findings.speed_numbers(speed[speed["granularity"] == "attn"])
-    assert math.isnan(attn_only["layer_prefill_speedup"]) and attn_only["layer_decode_verdict"] == "not measured"
+    assert math.isnan(attn_only["layer_prefill_speedup"]) and attn_only["layer_decode_verdict"] == verdicts.NOT_MEASURED
     assert math.isnan(attn_only["layer_params_ratio"])
 
 
@@ -553,7 +600,7 @@ def test_decode_bytes_and_gpu_setting_numbers(tmp_path):
     assert settings == {"gpu_device": "NVIDIA H200", "gpu_dtype": "bf16", "gpu_batch_size": 1, "gpu_prompt_len": 1024,
                         "gpu_new_tokens": 64, "gpu_warmup": 2, "gpu_repeats": 5, "gpu_num_layers": 8}
     missing = diagnostics.unmeasured({**numbers, **dict.fromkeys(diagnostics.SPEED_SETTINGS, "")}, prefix="x_")
-    assert math.isnan(missing["x_gpu_dense_decode_gbs"]) and missing["x_device"] == "not measured"
+    assert math.isnan(missing["x_gpu_dense_decode_gbs"]) and missing["x_device"] == verdicts.NOT_MEASURED
 
 
 def test_statistics_and_figures_import_neither_torch_nor_transformers():

@@ -28,6 +28,9 @@ import yaml
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
+# slow: it builds the book (or reads BOOK_HTML); `make test-smoke` runs it on the smoke profile's book.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "book"
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium")

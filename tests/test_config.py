@@ -40,6 +40,12 @@ def test_notebook_parameters_resolve_against_the_profile(layers, tmp_path):
     assert run.methods == ["knn", "cosine"] and run.entropy_methods == ["knn"] and run.similarity_methods == ["cosine"]
     assert run.drops == [0, 1] and run.samples == 16 and run.limit == 5 and run.calibrations == ["c4"]
     assert run.sweep_settings().drops == [0, 1] and run.eval_settings().limit == 5
+    assert "c4: 16 samples × 256 tokens, seed 2024" in run.caption(evaluation=True)
+    smoke = from_parameters({"profile": "smoke"})
+    assert "Gemma-3-270M from a Q4_K_M GGUF (18 layers)" in smoke.caption()
+    counts = {"total": 268_098_176, "embedding": 167_772_160, "layer": 5_322_880}
+    assert smoke.describe_model({"model": {"parameters": counts}}).endswith(
+        "embeddings are 63 % of its 268 M parameters, so one layer is about 2 % of them")
 
 
 @pytest.mark.parametrize("values", [{"samples": 0}, {"limit": 0}, {"limit": -2}, {"granularities": "heads"},

@@ -23,7 +23,7 @@ from companion.method.calibration import (
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
-    monkeypatch.setattr(data, "hub_reachable", lambda: False)
+    monkeypatch.setattr("companion.hub.hub_reachable", lambda: False)
 
 
 def _docs(lengths: list[int]) -> Documents:
@@ -91,3 +91,11 @@ def test_named_sources_offline(monkeypatch):
     monkeypatch.delenv("COMPANION_DATA_DIR")
     with pytest.raises(CompanionError, match="COMPANION_DATA_DIR"):
         load_documents("c4")
+
+
+@pytest.mark.parametrize("reachable", [True, False])
+def test_data_come_from_the_hub_when_asked_or_reachable(monkeypatch, reachable):
+    from companion import hub
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda: reachable)
+    assert [hub.use_hub(source) for source in hub.DATA_SOURCES] == [reachable, True, False]  # auto, hub, local

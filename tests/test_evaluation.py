@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_tiny_model, make_tiny_tokenizer
+from conftest import make_tiny_model, make_tiny_tokenizer, needs_data
 
 from companion.cli import main
 from companion.errors import CompanionError
@@ -21,8 +21,6 @@ from companion.method.orders import DropOrder
 from companion.model.loading import LoadedModel, load_model
 from companion.model.surgery import Pruning, apply_pruning
 from companion.names import PERPLEXITY_TASK
-
-needs_data = pytest.mark.skipif(not os.environ.get("COMPANION_DATA_DIR"), reason="COMPANION_DATA_DIR is not set")
 
 
 def _loaded(model=None) -> LoadedModel:

@@ -157,33 +157,67 @@ def test_target_logprobs_equal_the_full_log_softmax(tokens: int) -> None:
     assert torch.equal(greedy, logits.argmax(-1))
 
 
-def test_probe_runs_once_per_model_and_module_classes(tokenizer, monkeypatch) -> None:
+def _forward_inputs(model) -> tuple[list[list[list[int]]], object]:
+    """The input ids of every forward pass of ``model`` from now on (a list filled in place) and the hook's handle."""
+    runs: list[list[list[int]]] = []
+
+    def record(module, args, kwargs):
+        runs.append((args[0] if args else kwargs["input_ids"]).tolist())
+
+    return runs, model.register_forward_pre_hook(record, with_kwargs=True)
+
+
+def test_probe_runs_once_per_model_and_module_classes(tokenizer, caplog) -> None:
     """A sweep's prunings reuse the probe: dense and layer-pruned share module classes, attention adds one."""
     from companion.model.surgery import Pruning, temporarily_pruned
 
-    calls = []
-    probe = FastHFLM._passes_probe
-    monkeypatch.setattr(FastHFLM, "_passes_probe", lambda self: calls.append(1) or probe(self))
+    def probed(model) -> bool:
+        """Whether making an lm runs forward passes (the probe); it must take the fast path."""
+        runs, handle = _forward_inputs(model)
+        with caplog.at_level(logging.WARNING, logger="companion.experiments.fastlm"):
+            lm = _lm(model, tokenizer, True, 4)
+        handle.remove()
+        assert type(lm) is FastHFLM and "scoring as stock" not in caplog.text
+        return bool(runs)
+
     torch.manual_seed(0)
     model = transformers.AutoModelForCausalLM.from_config(CONFIGS["gemma3"]()).eval()
-    assert _lm(model, tokenizer, True, 4)._fast and _lm(model, tokenizer, True, 4)._fast
-    assert len(calls) == 1
+    assert probed(model) and not probed(model)
+    found = []
     for granularity, layers in [("attn", [0]), ("attn", [1]), ("layer", [0])]:
         with temporarily_pruned(model, Pruning(granularity, layers)):
-            assert _lm(model, tokenizer, True, 4)._fast
-    assert len(calls) == 2
-    other = transformers.AutoModelForCausalLM.from_config(CONFIGS["gemma3"]()).eval()
-    _lm(other, tokenizer, True, 4)
-    assert len(calls) == 3
+            found.append(probed(model))
+    assert found == [True, False, False]
+    assert probed(transformers.AutoModelForCausalLM.from_config(CONFIGS["gemma3"]()).eval())
 
 
-def test_requests_sharing_a_context_start_share_one_prefix(model, tokenizer) -> None:
-    lm = _lm(model, tokenizer, True, 4)
-    requests = [(None, [5, 6, 7, 8], [9]), (None, [5, 6, 7, 10], [9, 4]), (None, [5, 6, 7, 8], [11]),
-                (None, [12, 6, 7, 8], [9]), (None, [5, 13], [9])]
-    groups = lm._groups(requests)
-    assert [(group.members, group.prefix) for group in groups] == [([0, 2, 1], [5, 6, 7]), ([4], []), ([3], [])]
-    assert [[group.members for group in window] for window in lm._windows(groups, 1)] == [[[0, 2, 1]], [[4], [3]]]
+def test_requests_sharing_a_context_start_run_it_once(tokenizer) -> None:
+    """Contexts that share their start (a question's choices, WinoGrande's partial contexts) run that start
+    in one forward pass; a context that shares too little runs whole, on its own."""
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(CONFIGS["llama"]()).eval()
+    pairs = [("w1 w2 w3 w4", " w5"), ("w1 w2 w3 w6", " w5 w0"), ("w1 w2 w3 w4", " w7"), ("w8 w2 w3 w4", " w5"),
+             ("w1 w9", " w5")]
+    requests = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
+    ids = {text: tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("w1 w2 w3", "w8 w2 w3 w4", "w1 w9")}
+
+    def run(fast: bool) -> tuple[list, list[list[list[int]]]]:
+        lm = _lm(model, tokenizer, fast, 1)
+        runs, handle = _forward_inputs(model)
+        try:
+            return lm.loglikelihood(requests, disable_tqdm=True), runs
+        finally:
+            handle.remove()
+
+    def holding(runs: list[list[list[int]]], tokens: list[int]) -> int:
+        """Rows of all forward passes that hold ``tokens`` in a row."""
+        return sum(any(row[i:i + len(tokens)] == tokens for i in range(len(row))) for batch in runs for row in batch)
+
+    (fast, fast_runs), (stock, stock_runs) = run(True), run(False)
+    assert [ll for ll, _ in fast] == pytest.approx([ll for ll, _ in stock], abs=TOL)
+    assert holding(stock_runs, ids["w1 w2 w3"]) >= 2  # stock runs the shared start for each distinct context
+    assert holding(fast_runs, ids["w1 w2 w3"]) == 1
+    assert holding(fast_runs, ids["w8 w2 w3 w4"]) == holding(fast_runs, ids["w1 w9"]) == 1
 
 
 def test_auto_batch_size_matches_stock(tokenizer) -> None:

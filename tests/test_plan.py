@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import transformers
-from conftest import make_tiny_model, make_tiny_tokenizer
+from conftest import make_tiny_model, make_tiny_tokenizer, needs_data
 
 from companion.errors import CompanionError
 from companion.experiments import plan as planning
@@ -20,8 +18,6 @@ from companion.method.calibration import (
 )
 from companion.model.loading import LoadedModel, resolve_dtype
 from companion.names import PERPLEXITY_TASK
-
-needs_data = pytest.mark.skipif(not os.environ.get("COMPANION_DATA_DIR"), reason="COMPANION_DATA_DIR is not set")
 
 
 def test_fp16_runs_on_cpu_too():

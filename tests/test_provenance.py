@@ -53,6 +53,7 @@ def _hub(monkeypatch, reachable: bool, c4_rows: list[str] = C4_ROWS) -> list[dic
         return {"text": rows[: int(stop)] if stop else rows}
 
     monkeypatch.setattr(calibration, "hub_reachable", lambda: reachable)
+    monkeypatch.setattr("companion.hub.hub_reachable", lambda: reachable)  # read by companion.hub.use_hub
     monkeypatch.setattr(calibration, "_hub_revision", lambda dataset: "0123abcd")
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     return calls

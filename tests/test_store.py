@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 
 import pytest
@@ -48,12 +49,14 @@ def test_read_write_and_cached_reuse_only_the_same_key(tmp_path):
 
 
 @pytest.mark.parametrize("content", ["", '{"key": {"a": 1}, "val', "[1, 2]", '{"value": 1}'])
-def test_a_corrupt_or_truncated_entry_is_recomputed_with_a_one_line_warning(tmp_path, capsys, content):
+def test_a_corrupt_or_truncated_entry_is_recomputed_with_a_one_line_warning(tmp_path, caplog, content):
     path = tmp_path / "r.json"
     path.write_text(content)
-    assert store.cached(path, {"a": 1}, lambda: {"value": 7})["value"] == 7
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "warning: ignoring unreadable result r.json" in err and "Traceback" not in err
+    with caplog.at_level(logging.WARNING, logger="companion.store"):
+        assert store.cached(path, {"a": 1}, lambda: {"value": 7})["value"] == 7
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    message = caplog.records[0].getMessage()
+    assert "r.json" in message and "\n" not in message and caplog.records[0].exc_info is None
     assert json.loads(path.read_text())["value"] == 7
 
 
@@ -134,3 +137,41 @@ def test_evaluations_follow_the_model_and_dtype(tmp_path, tiny_checkpoint, monke
     assert len(calls) == 3
     stored = [json.loads(p.read_text()) for p in (tmp_path / "ev").glob("*.json")]
     assert len(stored) == 3 and all(s["key"]["backend"] == "FastHFLM" for s in stored)
+
+
+# ---------------------------------------------------------------- the numeric code behind every key
+
+def test_numeric_code_is_unchanged_or_its_version_bumped():
+    """Every key holds NUMERICS_VERSION; this test makes sure it is bumped when numeric code changes."""
+    current = store.numeric_fingerprint()
+    assert current == store.NUMERICS_FINGERPRINT, (
+        "the code of a numeric module (companion.store.NUMERIC_MODULES) changed. If it changes any number, "
+        "bump NUMERICS_VERSION in companion/store.py (stored results are then recomputed). If it does not "
+        f"(a pure refactor), set NUMERICS_FINGERPRINT = \"{current}\" there (printed by `python -m "
+        "companion.store`) and say in the commit message how the numbers were checked to be equal.")
+
+
+def test_code_fingerprint_ignores_docstrings_comments_and_layout(tmp_path):
+    path = tmp_path / "m.py"
+
+    def fingerprint(source: str) -> str:
+        path.write_text(source)
+        return store.code_fingerprint(path)
+
+    base = fingerprint('"""Module."""\n\ndef f(x):\n    """Doc."""\n    return x + 1\n')
+    assert fingerprint('"""Other words."""\n\n\ndef f(x):  # a comment\n    return (x\n            + 1)\n') == base
+    assert fingerprint('def f(x):\n    """Doc."""\n    return x + 2\n') != base
+    assert fingerprint('def f(y):\n    return y + 1\n') != base
+    assert fingerprint('def f(x):\n    "not a docstring"\n    return x + 1\n') == base  # a leading string is one
+    assert fingerprint('def f(x):\n    y = "text"\n    return x + 1\n') != base
+
+
+def test_numeric_fingerprint_counts_every_listed_module_by_name(tmp_path, monkeypatch):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(store, "PACKAGE", tmp_path)
+    one = store.numeric_fingerprint(("a.py",))
+    assert store.numeric_fingerprint(("a.py", "gone.py")) != one  # a listed module that vanished shows
+    (tmp_path / "a.py").write_text("# comment\nx = 1\n")
+    assert store.numeric_fingerprint(("a.py",)) == one
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert store.numeric_fingerprint(("a.py",)) != one

@@ -14,6 +14,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
+from conftest import needs_data  # noqa: E402
 
 from companion.errors import CompanionError  # noqa: E402
 from companion.experiments import tasks as T  # noqa: E402
@@ -21,7 +22,6 @@ from companion.io import sha256_file  # noqa: E402
 from companion.paths import DATA_ENV  # noqa: E402
 
 DATA = Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None
-needs_data = pytest.mark.skipif(DATA is None, reason=f"{DATA_ENV} is not set (no local benchmark data)")
 
 # Published split sizes (docs per task; groups: summed over subtasks).
 COUNTS = {
@@ -378,6 +378,7 @@ def test_subset_writes_merge_into_manifest(tmp_path: Path) -> None:
 
 
 @needs_data
+@pytest.mark.slow  # indexes every stock lm-eval task
 def test_include_path_overrides_stock_names(config_dir: Path) -> None:
     """What ``lm_eval --include_path DIR`` builds: the stock registry plus DIR, where DIR must win."""
     from lm_eval.tasks import TaskManager

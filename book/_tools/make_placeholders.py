@@ -21,26 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nbformat  # noqa: E402
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output  # noqa: E402
 
-FIGURES = Path(__file__).resolve().parent.parent / "figures"
+from companion.analysis.figure_list import FIGURE_PAGES  # noqa: E402  (the pages: one list, see there)
 
-# name -> (title, what the real notebook shows)
-PAGES = {
-    "entropy_by_depth": ("Entropy by depth",
-                         "the entropy of the hidden states at every block boundary, per estimator and "
-                         "calibration set, and the entropy increase of every block"),
-    "accuracy_vs_pruning": ("Accuracy vs. number of dropped blocks",
-                            "the mean zero-shot accuracy after dropping K blocks chosen by entropy "
-                            "(bucket, KNN) and by cosine similarity, at attention and layer granularity"),
-    "entropy_vs_cosine": ("Entropy vs. cosine",
-                          "the entropy and cosine scores of every block side by side: per-block scatter, "
-                          "rank correlation and overlap of the drop sets"),
-    "estimators": ("Estimator comparison",
-                   "accuracy after pruning with the drop orders of the bucket, KNN and Rényi estimators"),
-    "calibration": ("Calibration-set ablation",
-                    "drop orders and accuracy with C4, WikiText-2 and domain calibration sets"),
-    "speedup": ("Inference speedup",
-                "measured generation speed against the number of dropped attention layers"),
-}
+FIGURES = Path(__file__).resolve().parent.parent / "figures"
 
 CODE = """import matplotlib.pyplot as plt
 fig, ax = plt.subplots(figsize=(4, 1.5))
@@ -76,11 +59,11 @@ def main() -> None:
     args = parser.parse_args()
     FIGURES.mkdir(parents=True, exist_ok=True)
     png = placeholder_png()
-    for name, (title, shows) in PAGES.items():
-        path = FIGURES / f"{name}.ipynb"
+    for page in FIGURE_PAGES:
+        path = FIGURES / f"{page.notebook}.ipynb"
         if path.exists() and not args.force:
             continue
-        notebook = placeholder(title, shows, png)
+        notebook = placeholder(page.title, page.shows, png)
         nbformat.validate(notebook)
         nbformat.write(notebook, path)
         print(f"wrote {path}")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from companion.analysis.verdicts import is_missing
 from companion.method import criteria
 from companion.names import CHANCE, PERPLEXITY_TASK, primary_metric
 
@@ -196,7 +196,7 @@ def verdict(row: Mapping[str, Any], name_a: str, name_b: str, unit: str = "point
     excludes 0, else that no difference was detectable, with the interval and the detectable size.
     Perplexity rows speak of ratios. ``"not measured"`` if the difference or its interval is missing."""
     diff, low, high, mdd = (row.get(key) for key in ("diff", "ci_low", "ci_high", "mdd"))
-    if any(map(_missing, (diff, low, high))):
+    if any(map(is_missing, (diff, low, high))):
         return "not measured"
     level = f"{confidence:.0%}".replace("%", " %")
     if low == high == diff == 0:
@@ -347,8 +347,4 @@ def _perplexity_verdict(diff: float, low: float, high: float, mdd: float, name_a
 
 
 def _detectable(mdd: float, text: str) -> str:
-    return "" if _missing(mdd) else f" (the run could detect about {text})"
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, numbers.Real) and math.isnan(value))
+    return "" if is_missing(mdd) else f" (the run could detect about {text})"

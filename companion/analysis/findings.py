@@ -22,11 +22,15 @@ from companion.analysis.tables import (
     speedup_efficiency,
 )
 from companion.analysis.verdicts import (
+    calibration_change,
+    curve,
     ranking,
+    retention_headline,
     speed_verdict,
     trend_verdict,
     two_stage_verdict,
 )
+from companion.method import criteria
 from companion.method.orders import compression_stage, drop_order, headline_k
 from companion.names import PERPLEXITY_TASK
 
@@ -34,7 +38,6 @@ HEADLINE_RETENTION = 95.0  # the paper's headline: "95%+" of the dense accuracy 
 STANDARD_ENTROPY = ("knn", "bucket", "renyi")
 STANDARD_METHODS = ("knn", "bucket", "renyi", "cosine")
 STANDARD_GRANULARITIES = ("attn", "layer")
-NAMES = {"knn": "KNN", "bucket": "bucket", "renyi": "Rényi", "cosine": "cosine", "angular": "angular"}
 
 
 class RunDescription(Protocol):
@@ -156,7 +159,7 @@ def estimator_numbers(scores: dict, acc: pd.DataFrame, estimators: Sequence[str]
         order = ranking(retention)
         numbers[f"estimator_ranking_{g}"] = order.replace("knn", "KNN").replace("renyi", "Rényi")
         names = order.split(" > ")
-        numbers[f"best_estimator_{g}"] = NAMES.get(names[0], names[0])
+        numbers[f"best_estimator_{g}"] = criteria.short(names[0])
         numbers[f"renyi_last_{g}"] = ("not measured" if "renyi" not in names
                                       else "yes" if names[-1] == "renyi" else "no")
         for i, a in enumerate(STANDARD_ENTROPY):
@@ -177,7 +180,7 @@ def estimator_numbers(scores: dict, acc: pd.DataFrame, estimators: Sequence[str]
                 rows = (comparisons[(comparisons["granularity"] == g) & (comparisons["method_a"] == a)
                                     & (comparisons["method_b"] == b) & (comparisons["metric"] == "accuracy")
                                     & comparisons["K"].isin(shared)] if comparisons is not None else pd.DataFrame())
-                numbers[f"{g}_{a}_vs_{b}"] = (verdict(rows.sort_values("K").iloc[-1].to_dict(), NAMES[a], NAMES[b])
+                numbers[f"{g}_{a}_vs_{b}"] = (verdict(rows.sort_values("K").iloc[-1].to_dict(), criteria.short(a), criteria.short(b))
                                               if len(rows) else "not measured")
     return numbers
 
@@ -216,15 +219,11 @@ def calibration_numbers(scores: Mapping[str, dict], acc: pd.DataFrame, compariso
         return numbers
     worst = rows.loc[rows["diff"].abs().idxmax()]
     changed = int((holm(rows["p_value"].to_numpy()) < SIGNIFICANCE).sum())
-    interval = f"95 % CI {worst['ci_low']:.1f} to {worst['ci_high']:.1f}"
-    if changed:
-        verdict = (f"changes detected in {changed} of {len(rows)} settings (exact McNemar, Holm-adjusted "
-                   f"p < {SIGNIFICANCE:g})")
-    else:
-        verdict = (f"no change detected in any of {len(rows)} settings (exact McNemar, Holm-adjusted); the "
-                   f"largest difference is {worst['diff']:+.1f} points ({interval})")
-    numbers.update(calib_max_acc_diff=abs(float(worst["diff"])), calib_max_acc_diff_ci=interval,
-                   calib_changed=changed, calib_settings=len(rows), calib_same_blocks=same, calib_verdict=verdict)
+    verdict = calibration_change(changed, len(rows), float(worst["diff"]), worst["ci_low"], worst["ci_high"],
+                                 SIGNIFICANCE)
+    numbers.update(calib_max_acc_diff=abs(float(worst["diff"])),
+                   calib_max_acc_diff_ci=f"95 % CI {worst['ci_low']:.1f} to {worst['ci_high']:.1f}",
+                   calib_changed=changed, calib_settings=len(rows), calib_same_blocks=same, calib_verdict=verdict.text)
     return numbers
 
 
@@ -332,7 +331,7 @@ def evidence_numbers(comparisons: pd.DataFrame, examples: pd.DataFrame, acc: pd.
         numbers[f"{prefix}_{g}_knn_vs_cosine_ppl"] = verdict(row(g, head, *PRIMARY_PAIR, "perplexity"), "KNN", "cosine")
         for m in PRIMARY_PAIR:
             for b in ("random", "last"):
-                numbers[f"{prefix}_{g}_{m}_vs_{b}"] = verdict(row(g, head, m, b), NAMES[m], f"{b} K" if b == "last"
+                numbers[f"{prefix}_{g}_{m}_vs_{b}"] = verdict(row(g, head, m, b), criteria.short(m), f"{b} K" if b == "last"
                                                               else "random drop sets")
             where = {"model": model, "calibration": calibration, "method": m, "granularity": g}
             numbers.update(_retention_numbers(row(g, head, m, DENSE), lookup(acc, "mean", **where, K=0),
@@ -349,12 +348,7 @@ def _retention_numbers(versus_dense: Mapping[str, Any], dense: float, chance: fl
                 f"{key}_headline_verdict": "not measured"}
     kept = [100 * (1 + versus_dense[c] / (100 * dense)) for c in ("diff", "ci_low", "ci_high")]
     above = chance_retention(dense + versus_dense["diff"] / 100, dense, chance)
-    if kept[1] >= HEADLINE_RETENTION:
-        headline = f"reached: the 95 % CI of the retention ({kept[1]:.1f} to {kept[2]:.1f} %) is above 95 %"
-    elif kept[2] < HEADLINE_RETENTION:
-        headline = f"not reached: the 95 % CI of the retention ({kept[1]:.1f} to {kept[2]:.1f} %) is below 95 %"
-    else:
-        headline = f"cannot tell: the 95 % CI of the retention ({kept[1]:.1f} to {kept[2]:.1f} %) contains 95 %"
+    headline = retention_headline(kept[1], kept[2], HEADLINE_RETENTION).text
     return {f"{key}_retention": f"{kept[0]:.1f} % (95 % CI {kept[1]:.1f} to {kept[2]:.1f})",
             f"{key}_chance_retention": above, f"{key}_headline_verdict": headline}
 
@@ -364,13 +358,10 @@ def _curve_verdict(comparisons: pd.DataFrame, granularity: str) -> str:
     a, b = PRIMARY_PAIR
     rows = comparisons[(comparisons["granularity"] == granularity) & (comparisons["method_a"] == a)
                        & (comparisons["method_b"] == b) & (comparisons["metric"] == "accuracy")]
-    if rows.empty:
-        return "not measured"
     significant = holm(rows["p_value"].to_numpy()) < SIGNIFICANCE
     ahead_a = int((significant & (rows["diff"].to_numpy() > 0)).sum())
     ahead_b = int((significant & (rows["diff"].to_numpy() < 0)).sum())
-    return (f"{NAMES[a]} ahead at {ahead_a}, {NAMES[b]} at {ahead_b}, no detectable difference at "
-            f"{len(rows) - ahead_a - ahead_b} of {len(rows)} K (exact McNemar, Holm-adjusted over the K, p < 0.05)")
+    return curve(criteria.short(a), criteria.short(b), ahead_a, ahead_b, len(rows)).text
 
 
 def missing_model_numbers(prefix: str) -> dict[str, Any]:

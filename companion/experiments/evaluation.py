@@ -37,7 +37,7 @@ from companion import store
 from companion.errors import CompanionError
 from companion.experiments import EVAL_BATCH_SIZE
 from companion.experiments import tasks as offline_tasks
-from companion.hub import hub_reachable
+from companion.hub import DATA_SOURCES, hub_reachable, use_hub
 from companion.method.calibration import load_rows
 from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning
@@ -47,7 +47,6 @@ from companion.paths import cache_dir
 if TYPE_CHECKING:
     from lm_eval.models.huggingface import HFLM
 
-DATA_SOURCES = ("auto", "hub", "local")
 SAMPLE_SEED = 1234  # the seed of every task's example sample (lm-eval's default few-shot seed, too)
 
 
@@ -107,7 +106,7 @@ class EvalSettings:
     @property
     def online(self) -> bool:
         """Whether task data come from the Hub (``auto`` when reachable, or ``hub``) or from local copies."""
-        return self.data_source == "hub" or (self.data_source == "auto" and hub_reachable())
+        return use_hub(self.data_source)
 
 
 @functools.lru_cache(maxsize=2)

@@ -28,10 +28,9 @@ from pathlib import Path
 import torch
 
 from companion.errors import CompanionError
-from companion.hub import hub_reachable
+from companion.hub import DATA_SOURCES, hub_reachable, use_hub
 from companion.paths import DATA_ENV, data_file
 
-DATA_SOURCES = ("auto", "hub", "local")
 # C4 validation: the first documents of shard 0 in shard order. The local copy (SOURCES.md) holds this many
 # complete documents; the Hub shard is cut to the same number, so both paths give the same texts.
 C4_VALIDATION_DOCUMENTS = 1025
@@ -198,8 +197,7 @@ def check_available(source: str, split: str | None = None, data_source: str = "a
     if source not in LOCAL_SOURCES:
         return
     split = split or DEFAULT_SPLIT[source]
-    online = data_source == "hub" or (data_source == "auto" and hub_reachable())
-    if not online and split not in LOCAL_SOURCES[source]:
+    if not use_hub(data_source) and split not in LOCAL_SOURCES[source]:
         _no_local_split(source, split, data_source)
 
 
@@ -243,7 +241,7 @@ def load_rows(source: str, split: str | None = None, data_source: str = "auto") 
         raise CompanionError(f"{source} ({split}) was asked from the Hub, but the Hugging Face Hub is unreachable "
                              f"(use data source 'local' with {DATA_ENV})")
     revision = None
-    if data_source == "hub" or (data_source == "auto" and hub_reachable()):
+    if use_hub(data_source):
         rows, path, revision = _from_hub(source, split)
         origin = "hub"
     else:

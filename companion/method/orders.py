@@ -25,7 +25,6 @@ from companion.method import criteria
 from companion.names import GRANULARITIES
 
 AUTO_REFERENCE = "knn"  # the entropy profile whose compression stage ``auto`` protects, for every criterion
-BASELINES = ("random", "last")
 HEADLINE_FRACTION = 12 / 32  # the paper's headline: 12 of 32 attention layers dropped (37.5 %)
 
 

@@ -43,10 +43,10 @@ from typing import Any
 
 from companion.errors import CompanionError
 from companion.experiments import EVAL_BATCH_SIZE
+from companion.hub import DATA_SOURCES
 from companion.method import criteria
 from companion.names import GRANULARITIES, GUESSED_PAPER_TASKS, PAPER_TASKS, PERPLEXITY_TASK
 
-DATA_SOURCES = ("auto", "hub", "local")
 DEFAULT_PROFILE = "default"
 SPEED_BATCH_SIZE = 1
 SPEED_WARMUP = 1
