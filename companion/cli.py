@@ -224,7 +224,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from companion.analysis.reproduce import run_notebooks
+    from companion.pipeline.notebooks import run_notebooks
     from companion.pipeline.run import PARAMETERS, plan_text
 
     config = _config(args)

@@ -20,7 +20,7 @@ speed           model identity; the machine (CPU or GPU name); scores key digest
                 granularities, drop counts; prompt, generated tokens, batch, warm-up, repeats; numerics
 notebook        the notebook's source, its parameters, the syntax trees of the package modules it imports
                 (transitively), and a fingerprint of the JSON/CSV results under the run's results folder
-                (see :mod:`companion.analysis.reproduce`)
+                (see :mod:`companion.pipeline.notebooks`)
 ==============  ===========================================================================================
 
 The model identity's fingerprint hashes every file of the checkpoint folder (weights, config, tokenizer,
@@ -76,6 +76,12 @@ NUMERIC_MODULES = (
     "experiments/tasks.py",
     "model/surgery.py",
     "model/loading.py",
+    "method/criteria.py",
+    "method/removal.py",
+    "experiments/yardstick.py",
+    "model/layouts.py",
+    "pipeline/config.py",
+    "pipeline/run.py",
 )
 PACKAGE = Path(__file__).resolve().parent
 _NUMERIC_LIBRARIES = ("torch", "transformers", "lm_eval")

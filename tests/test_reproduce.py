@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from companion.analysis import reproduce
+from companion.pipeline import notebooks as reproduce
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,3 @@
-"""The book's analysis: notebook runs, tables and statistics, verdicts, glued findings, figures, reproduce.
-
-The statistics and figure modules import neither torch nor transformers.
+"""The book's analysis: tables and statistics, paired comparisons, verdicts, glued findings, figures and the
+figure list. It reads result files only and imports neither torch nor transformers (a test checks it).
 """
