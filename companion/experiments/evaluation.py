@@ -22,9 +22,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import logging
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -291,7 +292,8 @@ def evaluate_entries(loaded: LoadedModel, settings: EvalSettings, pruning: Pruni
     def lm() -> HFLM:  # one lm-eval model for all of this pruning's tasks, built only if one is computed
         from companion.experiments.fastlm import make_lm
 
-        return make_lm(loaded.model, loaded.tokenizer, batch_size=settings.batch_size, fast=settings.fast)
+        with _silenced("lm_eval.models.huggingface"):  # its warnings that a loaded model was passed in
+            return make_lm(loaded.model, loaded.tokenizer, batch_size=settings.batch_size, fast=settings.fast)
 
     entries = []
     for task in settings.tasks:
@@ -301,6 +303,18 @@ def evaluate_entries(loaded: LoadedModel, settings: EvalSettings, pruning: Pruni
         if done is not None:
             done(task)
     return entries
+
+
+@contextlib.contextmanager
+def _silenced(logger: str) -> Iterator[None]:
+    """Only errors from ``logger`` inside the block."""
+    target = logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
 
 
 def _run_task(loaded: LoadedModel, lm: Callable[[], HFLM], task: str, settings: EvalSettings) -> dict:
