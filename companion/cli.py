@@ -19,7 +19,7 @@ from companion.pipeline.config import DEFAULT_PROFILE, PROFILES, csv_list, int_l
 
 DESCRIPTION = """EntroDrop companion: entropy-based block pruning of decoder-only LLMs.
 
-commands: score, order, prune, info (the method); eval, sweep, speed, tasks (evaluation);
+commands: score, order, prune, info (the method); eval, sweep, yardstick, speed, tasks (evaluation);
 reproduce (the figure notebooks); plan (what a run computes, and a time estimate).
 
 typical use:
@@ -193,6 +193,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_yardstick(args: argparse.Namespace) -> int:
+    from companion.pipeline.run import build_run, ensure_yardstick
+
+    config = _config(args)
+    for model in config.models:
+        run = build_run(config.for_model(model), model)
+        table = ensure_yardstick(run, progress=not args.quiet)
+        print(f"{run.out_dir / 'yardstick.csv'}: {len(table)} blocks", file=sys.stderr)
+        run.release()
+    return 0
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from companion.pipeline.commands import plan_from_model_config
     from companion.pipeline.run import plan_text
@@ -322,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "(default: results)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("yardstick", help="what removing each block alone costs on held-out text (NLL per token)",
+                       formatter_class=fmt)
+    _run_args(p, None, evaluation=False)
+    p.add_argument("--results", help="results folder: <results>/<profile>/<model>/yardstick.csv (default: results)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_yardstick)
 
     p = sub.add_parser("speed", help="prefill/decode throughput and memory, dense vs pruned", formatter_class=fmt)
     _model_args(p)

@@ -11,7 +11,7 @@ from conftest import make_tiny_tokenizer
 
 from companion.cli import main
 
-COMMANDS = ("score", "order", "prune", "info", "tasks", "eval", "sweep", "speed", "reproduce", "plan")
+COMMANDS = ("score", "order", "prune", "info", "tasks", "eval", "sweep", "yardstick", "speed", "reproduce", "plan")
 
 
 @pytest.fixture

@@ -15,10 +15,11 @@ from companion.pipeline.run import (
     ensure_scores,
     ensure_speed,
     ensure_sweep,
+    ensure_yardstick,
     from_parameters,
     model_runs,
 )
 
 __all__ = ["PROFILES", "Run", "RunConfig", "additions", "build_run", "comparisons_path", "ensure_comparisons",
-           "ensure_examples", "ensure_scores", "ensure_speed", "ensure_sweep", "from_parameters", "model_runs",
+           "ensure_examples", "ensure_scores", "ensure_speed", "ensure_sweep", "ensure_yardstick", "from_parameters", "model_runs",
            "resolve"]

@@ -80,6 +80,8 @@ class RunConfig:
     primary_ppl_chunks: int | None = None
     baselines: tuple[str, ...] = ()
     random_seeds: int = 0
+    yardstick_windows: int = 16
+    yardstick_seqlen: int = 256
     speed_drops: tuple[int, ...] = (0, 4, 8)
     speed_prompt: int = 256
     speed_new_tokens: int = 32
@@ -97,7 +99,7 @@ class RunConfig:
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         object.__setattr__(self, "results_dir", Path(self.results_dir))
         for name in ("samples", "seqlen", "ppl_seqlen", "speed_prompt", "speed_new_tokens", "speed_repeats",
-                     "eval_batch_size"):
+                     "eval_batch_size", "yardstick_windows"):
             _positive(name, getattr(self, name))
         for name in ("limit", "ppl_chunks", "primary_limit", "primary_ppl_chunks"):
             if getattr(self, name) is not None:
@@ -114,6 +116,8 @@ class RunConfig:
             criteria.check(list(getattr(self, name) or ()))
         _known("baseline", self.baselines, criteria.names(role="baseline"))
         _known("data source", (self.data_source,), DATA_SOURCES)
+        if self.yardstick_seqlen < 2:
+            raise CompanionError(f"yardstick_seqlen must be at least 2 (got {self.yardstick_seqlen})")
         if any(k < 0 for k in (*self.drops, *self.speed_drops)):
             raise CompanionError("drop counts must be >= 0")
         if any(not 0 < f < 1 for f in self.drop_fractions):
@@ -218,7 +222,8 @@ def _read(name: str, value: Any) -> Any:
         if limit == 0 or limit < -1:
             raise CompanionError("limit must be positive (-1 for all examples)")
         return None if limit == -1 else limit
-    if name in ("samples", "seqlen", "seed", "ppl_seqlen", "ppl_chunks", "random_seeds", "eval_batch_size"):
+    if name in ("samples", "seqlen", "seed", "ppl_seqlen", "ppl_chunks", "random_seeds", "eval_batch_size",
+                "yardstick_windows", "yardstick_seqlen"):
         try:
             return int(value)
         except (TypeError, ValueError) as exc:

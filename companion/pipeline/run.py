@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -320,6 +320,41 @@ def ensure_speed(run: Run, scores: dict, method: str = "knn",
         return speed_content(rows, {"model": loaded.provenance(), **settings})
 
     return speed_frame(store.cached(path, speed_key(identity, scores, settings), compute)["rows"])
+
+
+def ensure_yardstick(run: Run, progress: bool = False) -> pd.DataFrame:
+    """The yardstick of ``run``'s model: the held-out NLL increase per token when each block of each
+    granularity alone is removed, with its interval (:mod:`companion.experiments.yardstick`), on
+    ``yardstick_windows`` WikiText-2 test documents of ``yardstick_seqlen`` tokens. Stored as
+    ``yardstick.json`` (with every window's NLL, for bootstraps that resample windows) and written as the
+    tidy ``yardstick.csv``."""
+    from companion.experiments.yardstick import HELDOUT, heldout_windows, measure
+    from companion.io import atomic_write_text
+    from companion.method.calibration import load_documents
+    from companion.names import GRANULARITIES
+    from companion.provenance import environment, timestamp
+
+    c = run.config
+    docs = load_documents(*HELDOUT, data_source=c.data_source)
+    identity = run.identity() or run.loaded().identity()
+    settings = {"documents": f"{HELDOUT[0]}:{HELDOUT[1]}", "windows": c.yardstick_windows,
+                "seqlen": c.yardstick_seqlen, "granularities": list(GRANULARITIES)}
+    key = {"kind": "yardstick", "model": identity, "documents": docs.provenance()["sha256"], "settings": settings,
+           "numerics": store.numerics()}
+    path = run.out_dir / "yardstick.json"
+
+    def compute() -> dict:
+        loaded = run.loaded()
+        windows = heldout_windows(loaded.tokenizer, docs, c.yardstick_windows, c.yardstick_seqlen)
+        result = measure(loaded.model, windows, run.label, documents=docs)
+        atomic_write_text(path.with_suffix(".csv"), result.table.to_csv(index=False, lineterminator="\n"))
+        return {"schema": "companion.yardstick/1", "created": timestamp(), "model": loaded.provenance(),
+                "settings": settings, "provenance": result.provenance, "environment": environment(),
+                "cost": {g: asdict(cost) for g, cost in result.cost.items()},
+                "rows": result.table.to_dict("records"), "windows": result.windows.to_dict("list")}
+
+    stored = store.cached(path, key, compute)
+    return pd.DataFrame(stored["rows"])
 
 
 # ---------------------------------------------------------------- what a run computes, before it starts
