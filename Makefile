@@ -64,16 +64,16 @@ reproduce: notebooks book
 
 # Markers (pyproject.toml): the fast tests carry none; integration (real embedded models), paper_e2e (the
 # paper profile end to end on tiny models) and slow (tiny models, but more than a few seconds) run apart.
-UNIT := not integration and not paper_e2e and not slow
+APART := integration or paper_e2e or slow
 
 test: test-unit test-integration test-smoke
 
 test-unit: install
-	$(PY) -m pytest -q -m "$(UNIT)"
+	$(PY) -m pytest -q -m "not ($(APART))"
 
 # The book's tests (marked slow) are left to test-smoke, which runs them on the book built from the smoke run.
 test-integration: install
-	$(PY) -m pytest -q -m "not ($(UNIT))" --ignore=tests/test_book.py
+	$(PY) -m pytest -q -m "$(APART)" --ignore=tests/test_book.py
 
 # The smoke profile through every notebook into a copy of the book, then the same checks on that build.
 test-smoke: install browser

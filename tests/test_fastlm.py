@@ -199,7 +199,8 @@ def test_requests_sharing_a_context_start_run_it_once(tokenizer) -> None:
     pairs = [("w1 w2 w3 w4", " w5"), ("w1 w2 w3 w6", " w5 w0"), ("w1 w2 w3 w4", " w7"), ("w8 w2 w3 w4", " w5"),
              ("w1 w9", " w5")]
     requests = [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
-    ids = {text: tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("w1 w2 w3", "w8 w2 w3 w4", "w1 w9")}
+    ids = {text: tokenizer(text, add_special_tokens=False)["input_ids"]
+           for text in ("w1 w2 w3", "w8 w2 w3 w4", "w1 w9")}
 
     def run(fast: bool) -> tuple[list, list[list[list[int]]]]:
         lm = _lm(model, tokenizer, fast, 1)

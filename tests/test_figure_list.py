@@ -56,7 +56,8 @@ def test_each_notebook_has_the_listed_title_and_figures(page):
 
 
 def test_placeholders_are_written_from_the_list(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("make_placeholders", ROOT / "book" / "_tools" / "make_placeholders.py")
+    script = ROOT / "book" / "_tools" / "make_placeholders.py"
+    spec = importlib.util.spec_from_file_location("make_placeholders", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     monkeypatch.setattr(module, "FIGURES", tmp_path)

@@ -20,7 +20,7 @@ def package(tmp_path) -> Path:
     files = {
         "__init__.py": '"""The package."""\n',
         "sub/__init__.py": "",
-        "sub/a.py": '"""A."""\n\ndef f():\n    from companion import b  # imported inside a function\n    return b.g()\n',
+        "sub/a.py": '"""A."""\n\ndef f():\n    from companion import b  # inside a function\n    return b.g()\n',
         "b.py": "from .sub.c import h\n\ndef g():\n    return h() + 1\n",
         "sub/c.py": "def h():\n    return 1\n",
         "unused.py": "def u():\n    return 2\n",

@@ -2,12 +2,13 @@
 
 A notebook is up to date when its stamp (``<name>.inputs`` beside the executed copy) records the same
 code digest (:func:`code_digest`: the notebook, its parameters and the syntax trees of the package
-modules it imports, transitively) and the same fingerprint of the results folder (every JSON/CSV file of every profile and of ``gpu/``: see
-:func:`companion.store.fingerprint_files`). The notebooks themselves reuse results from the store, so
-a notebook executed before another one changed the results folder is executed again in a second pass
-(cheaply: everything it reads is stored by then). A rerun with nothing changed executes nothing, and
-neither does one after an edit of docstrings, comments, or modules that no notebook imports.
-The notebooks and their order come from :mod:`companion.analysis.figure_list`.
+modules it imports, transitively) and the same fingerprint of the results folder (every JSON/CSV file
+of every profile and of ``gpu/``: see :func:`companion.store.fingerprint_files`). The notebooks
+themselves reuse results from the store, so a notebook executed before another one changed the
+results folder is executed again in a second pass (cheaply: everything it reads is stored by then).
+A rerun with nothing changed executes nothing, and neither does one after an edit of docstrings,
+comments, or modules that no notebook imports. The notebooks and their order come from
+:mod:`companion.analysis.figure_list`.
 """
 
 from __future__ import annotations
