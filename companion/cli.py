@@ -382,11 +382,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _LineFormatter(logging.Formatter):
+    """``message`` for information, ``warning: message`` (``error: ...``) above it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {text}"
+
+
 def _quiet_libraries() -> None:
     """The companion reports through logging, one line per message; the libraries' chatter is off."""
     from transformers.utils import logging as hf_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LineFormatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     for name in ("lm_eval", "lm-eval", "datasets", "urllib3", "httpx"):
