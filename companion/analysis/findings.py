@@ -157,8 +157,8 @@ def estimator_numbers(scores: dict, acc: pd.DataFrame, estimators: Sequence[str]
                                     for e in estimators)) if estimators else set()
         retention = {e: mean_retention(acc, e, g, ks=shared) for e in estimators}
         order = ranking(retention)
-        numbers[f"estimator_ranking_{g}"] = order.replace("knn", "KNN").replace("renyi", "Rényi")
         names = order.split(" > ")
+        numbers[f"estimator_ranking_{g}"] = " > ".join(criteria.short(name) for name in names)
         numbers[f"best_estimator_{g}"] = criteria.short(names[0])
         numbers[f"renyi_last_{g}"] = ("not measured" if "renyi" not in names
                                       else "yes" if names[-1] == "renyi" else "no")
