@@ -89,7 +89,8 @@ def default_batch_size(model: nn.Module, seqlen: int) -> int:
 def _window_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Summed NLL of each window's next tokens, shape (batch,); one window's logits at a time, so the
     log-softmax over a large vocabulary is never materialised for the whole batch."""
-    return torch.stack([F.cross_entropy(logits[b, :-1].float(), input_ids[b, 1:], reduction="sum")
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # at least fp32, as transformers' loss
+    return torch.stack([F.cross_entropy(logits[b, :-1].to(dtype), input_ids[b, 1:], reduction="sum")
                         for b in range(len(input_ids))])
 
 
