@@ -3,7 +3,8 @@
 Two prunings of one model are evaluated on the same examples, so their difference is measured on
 pairs: the paired bootstrap (``scipy.stats.bootstrap``, percentile intervals, which stay defined on
 0/1 data where BCa can fail) gives the interval, an exact McNemar test (accuracy) or a Wilcoxon
-signed-rank test (perplexity, pooled baselines) the p-value, and the bootstrap standard error the
+signed-rank test (perplexity, pooled baselines, and the continuous ``p_correct``: the probability on
+the gold choice, whose paired differences vary far less than thresholded accuracy's) the p-value, and the bootstrap standard error the
 smallest difference the run could have detected. Imports numpy, pandas, scipy and statsmodels only
 (no torch), so the book can use it anywhere.
 
@@ -37,6 +38,7 @@ COLUMNS = SETTING + ["method_a", "method_b", "metric", "diff", "ci_low", "ci_hig
 POWER = 0.80  # the power at which ``mdd`` (minimal detectable difference) is stated
 BOOTSTRAP = "paired bootstrap (percentile)"
 TESTS = {"mcnemar": f"{BOOTSTRAP} / exact McNemar", "wilcoxon": f"{BOOTSTRAP} / Wilcoxon signed-rank"}
+P_CORRECT = "p_correct"  # the continuous per-example metric of multiple-choice tasks, compared beside accuracy
 CELLS = 10_000_000  # resamples × examples evaluated at once, to bound the bootstrap's memory
 
 
@@ -44,9 +46,10 @@ CELLS = 10_000_000  # resamples × examples evaluated at once, to bound the boot
 
 def paired_accuracy(a: pd.DataFrame, b: pd.DataFrame, tasks: Sequence[str], confidence: float = 0.95,
                     n_resamples: int = 2000, seed: int = 0,
-                    test: Literal["mcnemar", "wilcoxon"] = "mcnemar") -> dict:
+                    test: Literal["mcnemar", "wilcoxon"] = "mcnemar", metric: str | None = None) -> dict:
     """Accuracy of pruning ``a`` minus that of ``b`` in points (×100): the mean over ``tasks`` of the
-    per-task mean difference in each task's primary metric, on the doc_ids both sides have.
+    per-task mean difference in each task's primary metric (or in ``metric`` for every task, such as
+    ``p_correct``, in probability points), on the doc_ids both sides have.
 
     ``a`` and ``b`` are the per-example rows of one pruning each. The interval is a paired bootstrap
     over examples; each resample recomputes the mean over tasks of per-task means, so every task keeps
@@ -61,7 +64,7 @@ def paired_accuracy(a: pd.DataFrame, b: pd.DataFrame, tasks: Sequence[str], conf
     """
     if test not in TESTS:
         raise ValueError(f"test must be one of {', '.join(TESTS)}, not {test!r}")
-    pairs = [_common(_values(a, task, primary_metric(task)), _values(b, task, primary_metric(task)))
+    pairs = [_common(_values(a, task, metric or primary_metric(task)), _values(b, task, metric or primary_metric(task)))
              for task in tasks]
     pairs = [pair for pair in pairs if len(pair)]
     x, y = (np.concatenate([pair[side].to_numpy(float) for pair in pairs]) if pairs else np.empty(0)
@@ -115,8 +118,10 @@ def comparisons(examples: pd.DataFrame, pairs: Sequence[tuple[str, str]] | None 
     """One row per (model, calibration, granularity, K, method_a, method_b, metric) with diff (a − b),
     interval, p-value, n, se, mdd and test (columns ``COLUMNS``).
 
-    metric is ``"accuracy"`` (mean over the lm-eval tasks of the setting, in points) and, where
-    wikitext2_ppl rows exist, ``"perplexity"`` (log-ratio, see :func:`paired_perplexity`). ``pairs``
+    metric is ``"accuracy"`` (mean over the lm-eval tasks of the setting, in points), where the
+    multiple-choice tasks have them ``"p_correct"`` (mean over those tasks of the probability on the
+    gold choice, in points; Wilcoxon p-value) and, where wikitext2_ppl rows exist, ``"perplexity"``
+    (log-ratio, see :func:`paired_perplexity`). ``pairs``
     defaults to :func:`default_pairs` of the methods present at each setting; method ``"random"``
     stands for the random drop sets pooled over their seeds (:func:`pool_seeds`; p-value by Wilcoxon,
     since the pooled values are not 0/1). K = 0 (the dense model, equal for every method) and pairs
@@ -321,13 +326,17 @@ def _method_rows(group: pd.DataFrame, method: str) -> pd.DataFrame:
 
 def _compare(a: pd.DataFrame, b: pd.DataFrame, pooled: bool, confidence: float, n_resamples: int,
              seed: int) -> list[tuple[str, dict]]:
-    """("accuracy", result) over the lm-eval tasks both sides have, ("perplexity", result) if measured."""
+    """("accuracy", result) over the lm-eval tasks both sides have, ("p_correct", result) over those of
+    them with ``p_correct`` on both sides, ("perplexity", result) if measured."""
     shared = set(a["task"]) & set(b["task"])
     options = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
     results = {}
     if shared - {PERPLEXITY_TASK}:
         results["accuracy"] = paired_accuracy(a, b, sorted(shared - {PERPLEXITY_TASK}),
                                               test="wilcoxon" if pooled else "mcnemar", **options)
+    graded = sorted(set(a.loc[a["metric"] == P_CORRECT, "task"]) & set(b.loc[b["metric"] == P_CORRECT, "task"]))
+    if graded:
+        results[P_CORRECT] = paired_accuracy(a, b, graded, test="wilcoxon", metric=P_CORRECT, **options)
     if PERPLEXITY_TASK in shared:
         results["perplexity"] = paired_perplexity(a, b, **options)
     return [(metric, result) for metric, result in results.items() if result["n"]]
