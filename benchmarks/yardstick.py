@@ -68,7 +68,8 @@ def main() -> None:
               f"threads={torch.get_num_threads()}")
         for granularity in args.granularities.split(","):
             start = time.perf_counter()
-            result = measure(loaded.model, windows, spec, [granularity], batch_size=args.batch_size)
+            result = measure(loaded.model, windows, spec, [granularity], batch_size=args.batch_size,
+                             documents=documents)
             seconds = time.perf_counter() - start
             total += seconds
             cost = result.cost[granularity]

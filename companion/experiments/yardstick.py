@@ -84,9 +84,10 @@ def delta_interval(delta: np.ndarray, tokens: np.ndarray, confidence: float = 0.
 
 def measure(model: nn.Module, windows: Windows, model_name: str, granularities: Sequence[str] = GRANULARITIES,
             blocks: Sequence[int] | None = None, batch_size: int | None = None, confidence: float = 0.95,
-            n_resamples: int = 9999, seed: int = 0) -> Yardstick:
+            n_resamples: int = 9999, seed: int = 0, documents: Documents | None = None) -> Yardstick:
     """The yardstick of ``model`` on held-out ``windows`` (see :func:`heldout_windows`): every block of
-    each granularity (or only ``blocks``) removed alone. Intervals resample windows with ``seed``."""
+    each granularity (or only ``blocks``) removed alone. Intervals resample windows with ``seed``.
+    ``documents`` (the pool the windows were cut from) is recorded in the provenance."""
     unknown = [g for g in granularities if g not in GRANULARITIES]
     if unknown:
         raise CompanionError(f"unknown granularity '{unknown[0]}'; choose from {', '.join(GRANULARITIES)}")
@@ -105,7 +106,8 @@ def measure(model: nn.Module, windows: Windows, model_name: str, granularities: 
             rows.append((model_name, granularity, block, value, low, high, len(doc_ids), int(tokens.sum())))
         log.info("yardstick %s %s: %d blocks in %.1f s", model_name, granularity, len(blocks),
                  time.perf_counter() - start)
-    provenance = {"windows": windows.provenance(), "confidence": confidence, "n_resamples": n_resamples,
+    provenance = {"documents": documents.provenance() if documents is not None else None,
+                  "windows": windows.provenance(), "confidence": confidence, "n_resamples": n_resamples,
                   "bootstrap_seed": seed, "unit": "nats per token"}
     return Yardstick(pd.DataFrame(rows, columns=TABLE_COLUMNS), pd.DataFrame(long, columns=WINDOW_COLUMNS),
                      provenance, costs)

@@ -215,7 +215,7 @@ def removal_nll(model: nn.Module, input_ids: torch.Tensor, granularity: str, blo
         raise CompanionError("the negative log-likelihood is not finite (NaN or Inf in the model's outputs); "
                              "try another --dtype")
     tokens = torch.full((len(input_ids),), float(input_ids.shape[1] - 1))
-    layer_passes = len(present) + sum(len(present) - present.index(b) - (granularity == "layer") for b in blocks)
+    layer_passes = len(present) + sum(max(1, len(present) - present.index(b) - (granularity == "layer")) for b in blocks)
     cost = Cost(passes=1 + len(blocks), layer_passes=layer_passes, seconds=time.perf_counter() - start_time)
     return RemovalNLL(granularity, blocks, removed, base_nll, all_nll, tokens, cost)
 
