@@ -99,3 +99,22 @@ def test_delta_interval_is_the_ratio_of_sums_with_a_bootstrap_interval():
     value, low, high = delta_interval(delta, tokens, n_resamples=999)
     assert value == pytest.approx(delta.sum() / tokens.sum())
     assert low < value < high and high - low < 4 * delta.std() / np.sqrt(20) / 10 * 1.96
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("spec", ["gemma-3-270m", "smollm2-135m"])
+def test_yardstick_of_an_embedded_model_equals_plain_pruned_forwards(spec):
+    """On the real models (Gemma-3's sliding and global layers, its 262k-token head): the first and the
+    last block removed in the yardstick equal a full forward of the temporarily pruned model."""
+    from companion.model.surgery import Pruning, temporarily_pruned
+
+    loaded = load_model(spec, device="cpu", dtype="float32")
+    last = len(loaded.model.model.layers) - 1
+    ids = torch.randint(100, 20000, (2, 24), generator=torch.Generator().manual_seed(0))
+    result = measure(loaded.model, Windows(ids, [0, 1], [0, 0]), spec, blocks=[0, last], n_resamples=100)
+    nll = result.windows.set_index(["granularity", "block", "window"])["nll"].sort_index()
+    for granularity in ("attn", "mlp", "layer"):
+        for block in (0, last):
+            with temporarily_pruned(loaded.model, Pruning(granularity, [block])):
+                expected = _plain_nll(loaded.model, ids)
+            assert nll.loc[granularity, block].to_numpy() == pytest.approx(expected, rel=1e-5)

@@ -190,7 +190,7 @@ def removal_nll(model: nn.Module, input_ids: torch.Tensor, granularity: str, blo
     if bad:
         raise CompanionError(f"cannot remove {granularity} block {bad[0]}: the model has {num_layers} layers")
     if set(blocks) & set(removed):
-        raise CompanionError(f"{granularity} block {sorted(set(blocks) & set(removed))[0]} is already removed")
+        raise CompanionError(f"{granularity} block {min(set(blocks) & set(removed))} is already removed")
     if input_ids.ndim != 2 or input_ids.shape[1] < 2:
         raise CompanionError("windows must be token ids of shape (samples, seqlen) with seqlen >= 2")
     device = next(model.parameters()).device
