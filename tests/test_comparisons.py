@@ -223,3 +223,18 @@ def test_p_correct_is_compared_pairwise_beside_accuracy():
     table = cmp.comparisons(pd.concat([a, b], ignore_index=True), baselines=False, n_resamples=500)
     assert list(table["metric"]) == ["accuracy", "p_correct"]
     assert table.set_index("metric").loc["p_correct", "diff"] == pytest.approx(result["diff"])
+
+
+def test_rank_correlation_is_spearman_of_window_means_with_a_bootstrap_interval():
+    rng = np.random.default_rng(8)
+    worth = np.linspace(0, 3, 12)
+    truth = worth[:, None] + rng.normal(0, 0.5, (12, 16))
+    criterion = worth[:, None] ** 2 + rng.normal(0, 4.0, (12, 8))
+    result = cmp.rank_correlation(truth, criterion, n_resamples=400)
+    assert result["rho"] == pytest.approx(stats.spearmanr(truth.mean(1), criterion.mean(1)).statistic)
+    assert result["ci_low"] < result["rho"] <= result["ci_high"] <= 1 and result["n_blocks"] == 12
+    fixed = cmp.rank_correlation(truth, worth, n_resamples=400)  # one value per block: only the truth resampled
+    assert fixed["rho"] == pytest.approx(stats.spearmanr(truth.mean(1), worth).statistic)
+    assert fixed["ci_high"] - fixed["ci_low"] < result["ci_high"] - result["ci_low"]
+    reversed_ = cmp.rank_correlation(truth, -criterion, n_resamples=400)
+    assert reversed_["rho"] == pytest.approx(-result["rho"]) and reversed_["ci_high"] < 0

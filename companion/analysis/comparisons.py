@@ -5,7 +5,8 @@ pairs: the paired bootstrap (``scipy.stats.bootstrap``, percentile intervals, wh
 0/1 data where BCa can fail) gives the interval, an exact McNemar test (accuracy) or a Wilcoxon
 signed-rank test (perplexity, pooled baselines, and the continuous ``p_correct``: the probability on
 the gold choice, whose paired differences vary far less than thresholded accuracy's) the p-value, and the bootstrap standard error the
-smallest difference the run could have detected. Imports numpy, pandas, scipy and statsmodels only
+smallest difference the run could have detected. :func:`rank_correlation` measures how well a
+criterion orders blocks by what removing them costs (Spearman's ρ with a window bootstrap). Imports numpy, pandas, scipy and statsmodels only
 (no torch), so the book can use it anywhere.
 
 The per-example table has the columns ``model, calibration, method, granularity, K, task, doc_id,
@@ -192,6 +193,39 @@ def default_pairs(methods: Iterable[str], baselines: bool = True) -> list[tuple[
     return chosen
 
 
+def rank_correlation(truth: np.ndarray, criterion: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000,
+                     seed: int = 0) -> dict:
+    """Spearman's ρ over blocks between the window means of ``truth`` (blocks × windows, such as the
+    yardstick's NLL increase of each block on each held-out window) and of ``criterion`` (blocks ×
+    its own windows, such as ``ppl`` per calibration window; or one value per block), with a
+    percentile bootstrap interval that resamples the windows of each side independently (a criterion
+    without windows is held fixed). Rows of both sides are the same blocks in the same order.
+    Keys: rho, ci_low, ci_high, n_blocks; the interval is NaN with fewer than 2 windows on a resampled
+    side or when every resample ties."""
+    truth = np.asarray(truth, dtype=float)
+    criterion = np.asarray(criterion, dtype=float)
+    if truth.ndim != 2 or criterion.ndim not in (1, 2) or len(truth) != len(criterion):
+        raise ValueError("truth must be blocks × windows and criterion blocks (× windows), for the same blocks")
+    fixed = criterion if criterion.ndim == 1 else None
+    samples = (truth,) if fixed is not None else (truth, criterion)
+
+    def statistic(*resampled: np.ndarray, axis: int = -1) -> np.ndarray:
+        means = [np.moveaxis(np.moveaxis(x, axis, -1).mean(-1), 0, -1) for x in resampled]  # (..., blocks)
+        if fixed is not None:
+            means.append(np.broadcast_to(fixed, means[0].shape))
+        return _spearman(*means)
+
+    rho = float(statistic(*samples))
+    low = high = math.nan
+    if all(x.shape[1] > 1 for x in samples):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result = stats.bootstrap(samples, statistic, n_resamples=n_resamples, vectorized=True, axis=-1,
+                                     confidence_level=confidence, method="percentile",
+                                     random_state=np.random.default_rng(seed))
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return {"rho": rho, "ci_low": low, "ci_high": high, "n_blocks": len(truth)}
+
+
 # ---------------------------------------------------------------- reading the results
 
 def verdict(row: Mapping[str, Any], name_a: str, name_b: str, unit: str = "points", confidence: float = 0.95) -> str:
@@ -295,6 +329,14 @@ def _mean_over_tasks(diff: np.ndarray, codes: np.ndarray, n_tasks: int) -> np.nd
     counts = np.bincount(bins, minlength=len(d) * n_tasks).reshape(-1, n_tasks)
     means = np.divide(sums, counts, out=np.full(sums.shape, np.nan), where=counts > 0)
     return np.nanmean(means, axis=1).reshape(lead)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's ρ along the last axis (average ranks for ties); NaN where a side is constant."""
+    ra, rb = (stats.rankdata(x, axis=-1) for x in (a, b))
+    ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ra * rb).sum(-1) / np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
 
 
 def _log_ppl_ratio(nll_a: np.ndarray, tokens_a: np.ndarray, nll_b: np.ndarray, tokens_b: np.ndarray) -> np.ndarray:
