@@ -4,10 +4,11 @@ Two prunings of one model are evaluated on the same examples, so their differenc
 pairs: the paired bootstrap (``scipy.stats.bootstrap``, percentile intervals, which stay defined on
 0/1 data where BCa can fail) gives the interval, an exact McNemar test (accuracy) or a Wilcoxon
 signed-rank test (perplexity, pooled baselines, and the continuous ``p_correct``: the probability on
-the gold choice, whose paired differences vary far less than thresholded accuracy's) the p-value, and the bootstrap standard error the
-smallest difference the run could have detected. :func:`rank_correlation` measures how well a
-criterion orders blocks by what removing them costs (Spearman's ρ with a window bootstrap). Imports numpy, pandas, scipy and statsmodels only
-(no torch), so the book can use it anywhere.
+the gold choice, whose paired differences vary far less than thresholded accuracy's) the p-value,
+and the bootstrap standard error the smallest difference the run could have detected.
+:func:`rank_correlation` measures how well a criterion orders blocks by what removing them costs
+(Spearman's ρ with a window bootstrap). Imports numpy, pandas, scipy and statsmodels only (no
+torch), so the book can use it anywhere.
 
 The per-example table has the columns ``model, calibration, method, granularity, K, task, doc_id,
 metric, value``; ``method`` also holds the baselines ``last`` and ``random:<seed>``.
