@@ -35,6 +35,8 @@ def test_ppl_is_the_nll_increase_of_removing_each_block(model, granularity):
     for block in range(4):
         assert result.scores[block] == pytest.approx(_mean_nll(model, granularity, [block]) - dense, abs=1e-5)
     assert (result.cost.passes, result.cost.backward_passes) == (5, 0)
+    for block, per_window in result.details["window_delta"].items():
+        assert sum(per_window) / len(per_window) == pytest.approx(result.scores[block], abs=1e-6)
     # the yardstick's machinery on the same windows is the same numbers
     assert removal_nll(model, IDS, granularity, [0, 1, 2, 3]).mean_delta().tolist() == pytest.approx(
         list(result.scores.values()), abs=1e-6)

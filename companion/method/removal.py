@@ -224,12 +224,15 @@ def ppl(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates:
         batch_size: int | None = None) -> CriterionResult:
     """Shortened LLaMA's one-shot PPL criterion: the increase of calibration NLL per token (the log of
     the perplexity ratio, which orders blocks as perplexity does) when the block alone is removed.
-    Lowest first: the block whose removal costs least is dropped first."""
+    Lowest first: the block whose removal costs least is dropped first. ``details["window_delta"]``
+    holds each block's NLL increase per token on each window, for intervals that resample windows."""
     result = removal_nll(model, input_ids, granularity, candidates, batch_size=batch_size)
     delta = result.mean_delta().tolist()
+    windows = ((result.nll - result.base) / result.tokens).tolist()
     dense = (result.base.sum() / result.tokens.sum()).item()
     return CriterionResult("ppl", granularity, dict(zip(result.blocks, delta)), result.cost,
-                           {"dense_nll": dense, "tokens": int(result.tokens.sum().item())})
+                           {"dense_nll": dense, "tokens": int(result.tokens.sum().item()),
+                            "window_delta": dict(zip(result.blocks, windows))})
 
 
 def sleb(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates: Sequence[int], k_max: int,
