@@ -56,9 +56,8 @@ SAMPLE_SEED = 1234  # the seed of every task's example sample (lm-eval's default
 class Records(TypedDict):
     """Per-example results of one task, column-wise: ``task`` (a group's subtask), ``doc_id`` (the
     document's index in the task's evaluation split, or the window index), ``metrics`` (name -> values:
-    ``acc``/``acc_norm`` and, for multiple-choice tasks, ``p_correct`` per document, ``nll``/``tokens`` per
-    perplexity window) and ``loglik`` (the
-    log-likelihood of each choice, empty for perplexity)."""
+    ``acc``/``acc_norm`` and, for multiple-choice tasks, ``p_correct`` per document, ``nll``/``tokens``
+    per perplexity window) and ``loglik`` (the log-likelihood of each choice, empty for perplexity)."""
 
     task: list[str]
     doc_id: list[int]
@@ -265,7 +264,7 @@ def run_lm_eval(lm: HFLM, task: str, settings: EvalSettings) -> tuple[list[dict]
                                bootstrap_iters=1000, verbosity="ERROR")
     records = _records_from_lm_eval(results["samples"], task_dict["tasks"])
     rows = _rows_from_lm_eval(results, task)
-    if "p_correct" in records["metrics"]:  # the mean over all documents, as lm-eval averages acc over a group's
+    if "p_correct" in records["metrics"]:  # the mean over all documents (of all of a group's subtasks)
         values = np.asarray(records["metrics"]["p_correct"])
         stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
         rows.append({"task": task, "metric": "p_correct", "value": float(values.mean()), "stderr": stderr,
