@@ -6,8 +6,11 @@ by lm-eval exactly as ``companion eval`` builds it (stock task online, the offli
 are scored by both models, alternating, ``--repeats`` times. Prints per task the best wall time of
 each (on a shared machine one run mostly measures the neighbours), the speedup, both models'
 metrics (lm-eval's own ``process_results``) and the largest per-request log-likelihood difference;
-then the same over all tasks together. The last line is ``speedup=<x> max_abs_loglik_diff=<y>``,
-the speedup being total stock time over total fast time.
+then the same over all tasks together. Beside each measured speedup it prints the FLOP-ideal one
+(:func:`flop_ideal`): what the speedup would be if time followed the matrix-multiply work of the
+positions each model runs, so that the measured/ideal share shows where per-request overhead (not
+arithmetic) is left. The last line is ``speedup=<x> flop_ideal=<y> max_abs_loglik_diff=<z>``, the
+speedup being total stock time over total fast time, the ideal total stock FLOPs over total fast FLOPs.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from companion.experiments import EVAL_BATCH_SIZE
 from companion.experiments.evaluation import task_manager_for
 from companion.experiments.fastlm import FastHFLM, make_lm
 from companion.hub import hub_reachable
+from companion.model.adapters import decoder_layers
 from companion.model.loading import DEFAULT_MODEL, load_model
 from companion.pipeline.config import PROFILES
 
@@ -68,6 +72,23 @@ def positions(lm: FastHFLM, instances: list[Instance]) -> tuple[int, int, int]:
     return stock, backbone, head
 
 
+def flops_per_position(model) -> tuple[int, int]:
+    """Multiply-accumulate FLOPs (2 per weight) per position of the decoder layers and of the LM head.
+
+    Attention's score and value products (quadratic in length) are left out: these requests are
+    short (tens of tokens), where they are a few percent of a layer's weight products.
+    """
+    backbone = 2 * sum(p.numel() for layer in decoder_layers(model) for p in layer.parameters() if p.ndim > 1)
+    return backbone, 2 * model.get_output_embeddings().weight.numel()
+
+
+def flop_ideal(stock: int, backbone: int, head: int, per_position: tuple[int, int]) -> tuple[float, float]:
+    """(stock FLOPs, fast FLOPs) from :func:`positions`: stock runs backbone and head at every
+    position, fast the backbone at ``backbone`` positions and the head at ``head``."""
+    layer_flops, head_flops = per_position
+    return stock * (layer_flops + head_flops), backbone * layer_flops + head * head_flops
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model spec for companion.model.loading.load_model")
@@ -90,6 +111,8 @@ def main() -> None:
     print(f"model={args.model} device={loaded.device} limit={args.limit} batch_size stock={batch_sizes['stock']} "
           f"fast={batch_sizes['fast']} repeats={args.repeats}")
     best = {"stock": 0.0, "fast": 0.0}
+    work = {"stock": 0.0, "fast": 0.0}
+    per_position = flops_per_position(loaded.model)
     max_diff = 0.0
     for task_name in args.tasks.split(","):
         task, instances = task_requests(task_name, args.limit)
@@ -105,17 +128,22 @@ def main() -> None:
         diff = max(abs(s[0] - f[0]) for s, f in zip(results["stock"], results["fast"], strict=True))
         greedy_same = sum(s[1] == f[1] for s, f in zip(results["stock"], results["fast"], strict=True))
         stock_pos, backbone_pos, head_pos = positions(lms["fast"], instances)
+        stock_flops, fast_flops = flop_ideal(stock_pos, backbone_pos, head_pos, per_position)
+        work["stock"] += stock_flops
+        work["fast"] += fast_flops
         print(f"{task_name}: documents={len({inst.doc_id for inst in instances})} requests={len(instances)} "
               f"positions stock={stock_pos} fast backbone={backbone_pos} head={head_pos}")
         for name in lms:
             print(f"  {name:5s} walls={','.join(f'{s:.2f}' for s in seconds[name])}s best={min(seconds[name]):.2f}s "
                   + " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics(task, instances, results[name]).items())))
             best[name] += min(seconds[name])
-        print(f"  speedup={min(seconds['stock']) / min(seconds['fast']):.2f} max_abs_loglik_diff={diff:.2e} "
-              f"is_greedy identical {greedy_same}/{len(instances)}")
+        speedup, ideal = min(seconds["stock"]) / min(seconds["fast"]), stock_flops / fast_flops
+        print(f"  speedup={speedup:.2f} flop_ideal={ideal:.2f} share_of_ideal={speedup / ideal:.2f} "
+              f"max_abs_loglik_diff={diff:.2e} is_greedy identical {greedy_same}/{len(instances)}")
         max_diff = max(max_diff, diff)
     print(f"all tasks: stock {best['stock']:.2f}s fast {best['fast']:.2f}s")
-    print(f"speedup={best['stock'] / best['fast']:.2f} max_abs_loglik_diff={max_diff:.2e}")
+    print(f"speedup={best['stock'] / best['fast']:.2f} flop_ideal={work['stock'] / work['fast']:.2f} "
+          f"max_abs_loglik_diff={max_diff:.2e}")
 
 
 if __name__ == "__main__":

@@ -199,3 +199,42 @@ def test_dense_comparisons_give_the_retention_interval():
     at = lambda K: examples[(examples["method"] == "knn") & (examples["K"] == K)]  # noqa: E731
     expected = 100 * np.mean([primary(at(2), t).mean() - primary(at(0), t).mean() for t in TASKS])
     assert row["diff"] == pytest.approx(expected) and row["ci_low"] <= row["diff"] <= row["ci_high"]
+
+
+def test_p_correct_is_compared_pairwise_beside_accuracy():
+    """A continuous per-example metric: the paired bootstrap of the mean over tasks of per-task mean
+    differences, with a Wilcoxon p-value on the per-example differences; a row of its own in the table."""
+    rng = np.random.default_rng(7)
+    base = {task: rng.beta(2, 2, 80) for task in TASKS}
+    frames = []
+    for method, shift in (("knn", 0.05), ("cosine", 0.0)):
+        for task in TASKS:
+            p = np.clip(base[task] + shift + rng.normal(0, 0.05, 80), 0, 1)
+            frames += [rows(p, task, "p_correct", method), rows((p > 0.5).astype(float), task, "acc", method)]
+        frames.append(rows((rng.random(80) < 0.5).astype(float), "hellaswag", "acc_norm", method))
+    a, b = (pd.concat(frames[i * 5:(i + 1) * 5]) for i in range(2))
+    result = cmp.paired_accuracy(a, b, TASKS, test="wilcoxon", metric="p_correct", n_resamples=500)
+    p_correct = lambda frame, task: frame[(frame["task"] == task) & (frame["metric"] == "p_correct")]  # noqa: E731
+    diffs = [p_correct(a, t).set_index("doc_id")["value"] - p_correct(b, t).set_index("doc_id")["value"] for t in TASKS]
+    assert result["diff"] == pytest.approx(100 * np.mean([d.mean() for d in diffs]))
+    assert result["p_value"] == pytest.approx(stats.wilcoxon(np.concatenate(diffs)).pvalue)
+    assert result["ci_low"] < result["diff"] < result["ci_high"] and result["ci_low"] > 0  # a 5-point shift is seen
+    assert result["n"] == 160 and result["test"].endswith("Wilcoxon signed-rank")
+    table = cmp.comparisons(pd.concat([a, b], ignore_index=True), baselines=False, n_resamples=500)
+    assert list(table["metric"]) == ["accuracy", "p_correct"]
+    assert table.set_index("metric").loc["p_correct", "diff"] == pytest.approx(result["diff"])
+
+
+def test_rank_correlation_is_spearman_of_window_means_with_a_bootstrap_interval():
+    rng = np.random.default_rng(8)
+    worth = np.linspace(0, 3, 12)
+    truth = worth[:, None] + rng.normal(0, 0.5, (12, 16))
+    criterion = worth[:, None] ** 2 + rng.normal(0, 4.0, (12, 8))
+    result = cmp.rank_correlation(truth, criterion, n_resamples=400)
+    assert result["rho"] == pytest.approx(stats.spearmanr(truth.mean(1), criterion.mean(1)).statistic)
+    assert result["ci_low"] < result["rho"] <= result["ci_high"] <= 1 and result["n_blocks"] == 12
+    fixed = cmp.rank_correlation(truth, worth, n_resamples=400)  # one value per block: only the truth resampled
+    assert fixed["rho"] == pytest.approx(stats.spearmanr(truth.mean(1), worth).statistic)
+    assert fixed["ci_high"] - fixed["ci_low"] < result["ci_high"] - result["ci_low"]
+    reversed_ = cmp.rank_correlation(truth, -criterion, n_resamples=400)
+    assert reversed_["rho"] == pytest.approx(-result["rho"]) and reversed_["ci_high"] < 0

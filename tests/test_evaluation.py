@@ -222,3 +222,37 @@ def test_per_example_table_averages_to_the_sweep_and_recomputes_a_comparison(tmp
     expected_p = binomtest(int(((a == 1) & (b == 0)).sum()), discordant, 0.5).pvalue if discordant else 1.0
     assert got["p_value"] == pytest.approx(expected_p)
     assert got["ci_low"] <= got["diff"] <= got["ci_high"] and np.isfinite(got["mdd"])
+
+
+def test_p_correct_is_the_softmax_of_the_choice_logliks_at_the_gold():
+    assert evaluation.p_correct([-1.0, -2.0, -3.0], [0]) == pytest.approx(1 / (1 + math.exp(-1) + math.exp(-2)))
+    assert evaluation.p_correct([-1000.0, -1000.0], [1]) == pytest.approx(0.5)  # no underflow
+    assert evaluation.p_correct([-1.0, -2.0, -3.0], [1, 2]) == pytest.approx(
+        1 - evaluation.p_correct([-1.0, -2.0, -3.0], [0]))
+
+
+@needs_data
+def test_multiple_choice_records_carry_p_correct_and_lambada_has_records(tmp_path):
+    """PIQA (gold = label) and WinoGrande (gold = the context index: several contexts, one continuation)
+    get ``p_correct`` = softmax of the stored choice log-likelihoods at the gold, whose argmax is ``acc``;
+    LAMBADA (one continuation, chance 0) gets per-example ``acc`` and no ``p_correct``."""
+    from companion.experiments.evaluation import loaded_task
+
+    loaded = _loaded(make_tiny_model("llama", seed=4))
+    settings = EvalSettings(tasks=["piqa", "winogrande", "lambada_openai"], limit=5, progress=False)
+    entries = dict(zip(settings.tasks, evaluation.evaluate_entries(loaded, settings, cache=tmp_path)))
+    gold_of = {"piqa": lambda doc: doc["label"], "winogrande": lambda doc: int(doc["answer"]) - 1}
+    for task, gold in gold_of.items():
+        records = entries[task]["records"]
+        docs = loaded_task(task, False, 0)["tasks"][task].eval_docs
+        golds = [gold(docs[i]) for i in records["doc_id"]]
+        for ll, g, p, acc in zip(records["loglik"], golds, records["metrics"]["p_correct"], records["metrics"]["acc"]):
+            expected = math.exp(ll[g]) / sum(math.exp(v) for v in ll)
+            assert p == pytest.approx(expected, abs=1e-4)
+            assert acc == float(max(range(len(ll)), key=lambda i: ll[i]) == g)
+        row = next(r for r in entries[task]["rows"] if r["metric"] == "p_correct")
+        assert row["value"] == pytest.approx(sum(records["metrics"]["p_correct"]) / 5) and row["n"] == 5
+    lambada = entries["lambada_openai"]
+    assert len(lambada["records"]["doc_id"]) == 5 and "p_correct" not in lambada["records"]["metrics"]
+    assert len(lambada["records"]["metrics"]["acc"]) == 5 and all(len(ll) == 1 for ll in lambada["records"]["loglik"])
+    assert {"acc", "perplexity"} <= {r["metric"] for r in lambada["rows"]}

@@ -3,9 +3,12 @@
 Two prunings of one model are evaluated on the same examples, so their difference is measured on
 pairs: the paired bootstrap (``scipy.stats.bootstrap``, percentile intervals, which stay defined on
 0/1 data where BCa can fail) gives the interval, an exact McNemar test (accuracy) or a Wilcoxon
-signed-rank test (perplexity, pooled baselines) the p-value, and the bootstrap standard error the
-smallest difference the run could have detected. Imports numpy, pandas, scipy and statsmodels only
-(no torch), so the book can use it anywhere.
+signed-rank test (perplexity, pooled baselines, and the continuous ``p_correct``: the probability on
+the gold choice, whose paired differences vary far less than thresholded accuracy's) the p-value,
+and the bootstrap standard error the smallest difference the run could have detected.
+:func:`rank_correlation` measures how well a criterion orders blocks by what removing them costs
+(Spearman's ρ with a window bootstrap). Imports numpy, pandas, scipy and statsmodels only (no
+torch), so the book can use it anywhere.
 
 The per-example table has the columns ``model, calibration, method, granularity, K, task, doc_id,
 metric, value``; ``method`` also holds the baselines ``last`` and ``random:<seed>``.
@@ -38,6 +41,7 @@ COLUMNS = SETTING + ["method_a", "method_b", "metric", "diff", "ci_low", "ci_hig
 POWER = 0.80  # the power at which ``mdd`` (minimal detectable difference) is stated
 BOOTSTRAP = "paired bootstrap (percentile)"
 TESTS = {"mcnemar": f"{BOOTSTRAP} / exact McNemar", "wilcoxon": f"{BOOTSTRAP} / Wilcoxon signed-rank"}
+P_CORRECT = "p_correct"  # the continuous per-example metric of multiple-choice tasks, compared beside accuracy
 CELLS = 10_000_000  # resamples × examples evaluated at once, to bound the bootstrap's memory
 
 
@@ -45,9 +49,10 @@ CELLS = 10_000_000  # resamples × examples evaluated at once, to bound the boot
 
 def paired_accuracy(a: pd.DataFrame, b: pd.DataFrame, tasks: Sequence[str], confidence: float = 0.95,
                     n_resamples: int = 2000, seed: int = 0,
-                    test: Literal["mcnemar", "wilcoxon"] = "mcnemar") -> dict:
+                    test: Literal["mcnemar", "wilcoxon"] = "mcnemar", metric: str | None = None) -> dict:
     """Accuracy of pruning ``a`` minus that of ``b`` in points (×100): the mean over ``tasks`` of the
-    per-task mean difference in each task's primary metric, on the doc_ids both sides have.
+    per-task mean difference in each task's primary metric (or in ``metric`` for every task, such as
+    ``p_correct``, in probability points), on the doc_ids both sides have.
 
     ``a`` and ``b`` are the per-example rows of one pruning each. The interval is a paired bootstrap
     over examples; each resample recomputes the mean over tasks of per-task means, so every task keeps
@@ -62,7 +67,7 @@ def paired_accuracy(a: pd.DataFrame, b: pd.DataFrame, tasks: Sequence[str], conf
     """
     if test not in TESTS:
         raise ValueError(f"test must be one of {', '.join(TESTS)}, not {test!r}")
-    pairs = [_common(_values(a, task, primary_metric(task)), _values(b, task, primary_metric(task)))
+    pairs = [_common(_values(a, task, metric or primary_metric(task)), _values(b, task, metric or primary_metric(task)))
              for task in tasks]
     pairs = [pair for pair in pairs if len(pair)]
     x, y = (np.concatenate([pair[side].to_numpy(float) for pair in pairs]) if pairs else np.empty(0)
@@ -116,8 +121,10 @@ def comparisons(examples: pd.DataFrame, pairs: Sequence[tuple[str, str]] | None 
     """One row per (model, calibration, granularity, K, method_a, method_b, metric) with diff (a − b),
     interval, p-value, n, se, mdd and test (columns ``COLUMNS``).
 
-    metric is ``"accuracy"`` (mean over the lm-eval tasks of the setting, in points) and, where
-    wikitext2_ppl rows exist, ``"perplexity"`` (log-ratio, see :func:`paired_perplexity`). ``pairs``
+    metric is ``"accuracy"`` (mean over the lm-eval tasks of the setting, in points), where the
+    multiple-choice tasks have them ``"p_correct"`` (mean over those tasks of the probability on the
+    gold choice, in points; Wilcoxon p-value) and, where wikitext2_ppl rows exist, ``"perplexity"``
+    (log-ratio, see :func:`paired_perplexity`). ``pairs``
     defaults to :func:`default_pairs` of the methods present at each setting; method ``"random"``
     stands for the random drop sets pooled over their seeds (:func:`pool_seeds`; p-value by Wilcoxon,
     since the pooled values are not 0/1). K = 0 (the dense model, equal for every method) and pairs
@@ -187,6 +194,39 @@ def default_pairs(methods: Iterable[str], baselines: bool = True) -> list[tuple[
         present = [LAST] * (LAST in methods) + [RANDOM] * any(m.startswith(RANDOM_PREFIX) for m in methods)
         chosen += [(criterion, baseline) for criterion in ranked for baseline in present]
     return chosen
+
+
+def rank_correlation(truth: np.ndarray, criterion: np.ndarray, confidence: float = 0.95, n_resamples: int = 2000,
+                     seed: int = 0) -> dict:
+    """Spearman's ρ over blocks between the window means of ``truth`` (blocks × windows, such as the
+    yardstick's NLL increase of each block on each held-out window) and of ``criterion`` (blocks ×
+    its own windows, such as ``ppl`` per calibration window; or one value per block), with a
+    percentile bootstrap interval that resamples the windows of each side independently (a criterion
+    without windows is held fixed). Rows of both sides are the same blocks in the same order.
+    Keys: rho, ci_low, ci_high, n_blocks; the interval is NaN with fewer than 2 windows on a resampled
+    side or when every resample ties."""
+    truth = np.asarray(truth, dtype=float)
+    criterion = np.asarray(criterion, dtype=float)
+    if truth.ndim != 2 or criterion.ndim not in (1, 2) or len(truth) != len(criterion):
+        raise ValueError("truth must be blocks × windows and criterion blocks (× windows), for the same blocks")
+    fixed = criterion if criterion.ndim == 1 else None
+    samples = (truth,) if fixed is not None else (truth, criterion)
+
+    def statistic(*resampled: np.ndarray, axis: int = -1) -> np.ndarray:
+        means = [np.moveaxis(np.moveaxis(x, axis, -1).mean(-1), 0, -1) for x in resampled]  # (..., blocks)
+        if fixed is not None:
+            means.append(np.broadcast_to(fixed, means[0].shape))
+        return _spearman(*means)
+
+    rho = float(statistic(*samples))
+    low = high = math.nan
+    if all(x.shape[1] > 1 for x in samples):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result = stats.bootstrap(samples, statistic, n_resamples=n_resamples, vectorized=True, axis=-1,
+                                     confidence_level=confidence, method="percentile",
+                                     random_state=np.random.default_rng(seed))
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    return {"rho": rho, "ci_low": low, "ci_high": high, "n_blocks": len(truth)}
 
 
 # ---------------------------------------------------------------- reading the results
@@ -294,6 +334,14 @@ def _mean_over_tasks(diff: np.ndarray, codes: np.ndarray, n_tasks: int) -> np.nd
     return np.nanmean(means, axis=1).reshape(lead)
 
 
+def _spearman(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman's ρ along the last axis (average ranks for ties); NaN where a side is constant."""
+    ra, rb = (stats.rankdata(x, axis=-1) for x in (a, b))
+    ra, rb = ra - ra.mean(-1, keepdims=True), rb - rb.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (ra * rb).sum(-1) / np.sqrt((ra * ra).sum(-1) * (rb * rb).sum(-1))
+
+
 def _log_ppl_ratio(nll_a: np.ndarray, tokens_a: np.ndarray, nll_b: np.ndarray, tokens_b: np.ndarray) -> np.ndarray:
     """log(ppl_a / ppl_b) from the windows along the last axis."""
     return nll_a.sum(-1) / tokens_a.sum(-1) - nll_b.sum(-1) / tokens_b.sum(-1)
@@ -323,13 +371,17 @@ def _method_rows(group: pd.DataFrame, method: str) -> pd.DataFrame:
 
 def _compare(a: pd.DataFrame, b: pd.DataFrame, pooled: bool, confidence: float, n_resamples: int,
              seed: int) -> list[tuple[str, dict]]:
-    """("accuracy", result) over the lm-eval tasks both sides have, ("perplexity", result) if measured."""
+    """("accuracy", result) over the lm-eval tasks both sides have, ("p_correct", result) over those of
+    them with ``p_correct`` on both sides, ("perplexity", result) if measured."""
     shared = set(a["task"]) & set(b["task"])
     options = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
     results = {}
     if shared - {PERPLEXITY_TASK}:
         results["accuracy"] = paired_accuracy(a, b, sorted(shared - {PERPLEXITY_TASK}),
                                               test="wilcoxon" if pooled else "mcnemar", **options)
+    graded = sorted(set(a.loc[a["metric"] == P_CORRECT, "task"]) & set(b.loc[b["metric"] == P_CORRECT, "task"]))
+    if graded:
+        results[P_CORRECT] = paired_accuracy(a, b, graded, test="wilcoxon", metric=P_CORRECT, **options)
     if PERPLEXITY_TASK in shared:
         results["perplexity"] = paired_perplexity(a, b, **options)
     return [(metric, result) for metric, result in results.items() if result["n"]]

@@ -13,8 +13,9 @@ Each (pruning, task) result is stored as its own JSON file under the key of :mod
 (model identity, pruning, task, task data, few-shot, limit and sample seed, backend, numerics),
 written atomically, so reruns skip finished work and an interrupted sweep resumes. Beside the
 aggregate rows it keeps **per-example records** (:class:`Records`): for each document its id, ``acc``
-(and ``acc_norm``) and the log-likelihood of each choice; for each perplexity window its negative
-log-likelihood sum and token count.
+(and ``acc_norm``), for multiple-choice tasks ``p_correct`` (the probability of the gold choice
+normalised over the choices, :func:`p_correct`) and the log-likelihood of each choice; for each
+perplexity window its negative log-likelihood sum and token count.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import functools
 import io
 import logging
 import math
+import numbers
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypedDict
@@ -54,8 +56,8 @@ SAMPLE_SEED = 1234  # the seed of every task's example sample (lm-eval's default
 class Records(TypedDict):
     """Per-example results of one task, column-wise: ``task`` (a group's subtask), ``doc_id`` (the
     document's index in the task's evaluation split, or the window index), ``metrics`` (name -> values:
-    ``acc``/``acc_norm`` per document, ``nll``/``tokens`` per perplexity window) and ``loglik`` (the
-    log-likelihood of each choice, empty for perplexity)."""
+    ``acc``/``acc_norm`` and, for multiple-choice tasks, ``p_correct`` per document, ``nll``/``tokens``
+    per perplexity window) and ``loglik`` (the log-likelihood of each choice, empty for perplexity)."""
 
     task: list[str]
     doc_id: list[int]
@@ -181,16 +183,47 @@ def _rows_from_lm_eval(results: dict, task: str) -> list[dict]:
     return rows
 
 
-def _records_from_lm_eval(samples: dict[str, list[dict]]) -> Records:
-    """Per-example records from lm-eval's logged samples (``log_samples=True``)."""
+def gold_choices(task_obj, doc: dict) -> list[int]:
+    """The indices of a multiple-choice document's gold choices, found as lm-eval's scoring finds them
+    (the target, or the context index of tasks with several contexts such as WinoGrande); indices
+    outside the choices are dropped, as lm-eval scores them wrong."""
+    gold = task_obj.doc_to_text(doc) if task_obj.multiple_input else task_obj.doc_to_target(doc)
+    choices = task_obj.doc_to_choice(doc)
+    golds = gold if isinstance(gold, list) else [gold]
+    golds = [choices.index(g) if isinstance(g, str) and g in choices else g for g in golds]
+    return [int(g) for g in golds if isinstance(g, numbers.Integral) and 0 <= g < len(choices)]
+
+
+def p_correct(loglik: Sequence[float], golds: Sequence[int]) -> float:
+    """The probability of the gold choice(s) normalised over the choices: the softmax of the choices'
+    summed log-likelihoods (the quantity ``acc`` takes the argmax of), at the gold."""
+    values = np.asarray(loglik, dtype=float)
+    weights = np.exp(values - values.max())
+    return float(weights[list(golds)].sum() / weights.sum())
+
+
+def _records_from_lm_eval(samples: dict[str, list[dict]], tasks: dict | None = None) -> Records:
+    """Per-example records from lm-eval's logged samples (``log_samples=True``); with the task objects
+    (``tasks``: name -> lm-eval task), the documents of multiple-choice tasks also get ``p_correct``
+    (when all of them are multiple-choice: every metric has one value per document)."""
     records: Records = {"task": [], "doc_id": [], "metrics": {}, "loglik": []}
+    probabilities: list[float | None] = []
     for subtask in sorted(samples):
+        task_obj = (tasks or {}).get(subtask)
+        choice_task = task_obj is not None and task_obj.OUTPUT_TYPE == "multiple_choice"
         for sample in sorted(samples[subtask], key=lambda s: s["doc_id"]):
             records["task"].append(subtask)
             records["doc_id"].append(int(sample["doc_id"]))
             records["loglik"].append([round(float(r[0]), 5) for r in sample["filtered_resps"]])
             for metric in sample["metrics"]:
                 records["metrics"].setdefault(metric, []).append(float(sample[metric]))
+            probabilities.append(None)
+            if choice_task:
+                choices = len(task_obj.doc_to_choice(sample["doc"]))
+                loglik = [float(r[0]) for r in sample["filtered_resps"]][:choices]  # not acc_mutual_info's rest
+                probabilities[-1] = round(p_correct(loglik, gold_choices(task_obj, sample["doc"])), 6)
+    if probabilities and None not in probabilities:
+        records["metrics"]["p_correct"] = probabilities
     return records
 
 
@@ -229,7 +262,14 @@ def run_lm_eval(lm: HFLM, task: str, settings: EvalSettings) -> tuple[list[dict]
                for name, task_obj in task_dict["tasks"].items()}
     results = lm_eval_evaluate(lm=lm, task_dict=task_dict, samples=samples, log_samples=True,
                                bootstrap_iters=1000, verbosity="ERROR")
-    return _rows_from_lm_eval(results, task), _records_from_lm_eval(results["samples"])
+    records = _records_from_lm_eval(results["samples"], task_dict["tasks"])
+    rows = _rows_from_lm_eval(results, task)
+    if "p_correct" in records["metrics"]:  # the mean over all documents (of all of a group's subtasks)
+        values = np.asarray(records["metrics"]["p_correct"])
+        stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+        rows.append({"task": task, "metric": "p_correct", "value": float(values.mean()), "stderr": stderr,
+                     "n": len(values)})
+    return rows, records
 
 
 def perplexity(loaded: LoadedModel, seqlen: int = 512, chunks: int | None = None, data_source: str = "auto",
