@@ -10,11 +10,11 @@ from pathlib import Path
 
 from companion.errors import CompanionError
 from companion.experiments import EVAL_BATCH_SIZE
+from companion.hub import DATA_SOURCES
 from companion.method import criteria
 from companion.model.embedded import EMBEDDED_MODELS
 from companion.model.loading import DEFAULT_MODEL
 from companion.names import GRANULARITIES
-from companion.hub import DATA_SOURCES
 from companion.pipeline.config import DEFAULT_PROFILE, PROFILES, csv_list, int_list, resolve
 
 DESCRIPTION = """EntroDrop companion: entropy-based block pruning of decoder-only LLMs.

@@ -116,3 +116,21 @@ def test_the_analysis_imports_without_torch_or_transformers():
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_the_fields_criteria_score_through_the_registry():
+    from companion.method import removal
+
+    model = make_tiny_model("llama")
+    ids = torch.randint(4, 96, (4, 12), generator=torch.Generator().manual_seed(1))
+    docs = Documents(["w1 w2"], "test", "test", "file", "t", "0")
+    settings = ScoreSettings(estimators=["knn", "ppl", "sleb", "taylor"], params={"knn": {"k": 3}},
+                             protect="first:1")
+    scores = score(_loaded(model), docs, Windows(ids, [0, 1, 2, 3], [0] * 4), settings, progress=False)
+    for name in ("ppl", "sleb", "taylor"):
+        assert scores["own_passes"][name]["layer"]["cost"]["seconds"] >= 0
+        assert drop_order(scores, name, "mlp", "first:1").protected == [0]
+    direct = removal.ppl(model, ids[:16], "attn", [1, 2, 3]).scores
+    assert drop_order(scores, "ppl", "attn", "first:1").order == sorted(direct, key=lambda i: (direct[i], i))
+    assert scores["own_passes"]["sleb"]["layer"]["details"]["order"] == drop_order(scores, "sleb", "layer",
+                                                                                   "first:1").order[:2]

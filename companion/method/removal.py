@@ -221,11 +221,13 @@ def removal_nll(model: nn.Module, input_ids: torch.Tensor, granularity: str, blo
 
 
 def ppl(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates: Sequence[int],
-        batch_size: int | None = None) -> CriterionResult:
+        batch_size: int | None = None, windows: int | None = None) -> CriterionResult:
     """Shortened LLaMA's one-shot PPL criterion: the increase of calibration NLL per token (the log of
     the perplexity ratio, which orders blocks as perplexity does) when the block alone is removed.
     Lowest first: the block whose removal costs least is dropped first. ``details["window_delta"]``
-    holds each block's NLL increase per token on each window, for intervals that resample windows."""
+    holds each block's NLL increase per token on each window, for intervals that resample windows.
+    ``windows``: only the first that many calibration windows (the small sets the paper scores with)."""
+    input_ids = input_ids[:windows]
     result = removal_nll(model, input_ids, granularity, candidates, batch_size=batch_size)
     delta = result.mean_delta().tolist()
     windows = ((result.nll - result.base) / result.tokens).tolist()
@@ -235,11 +237,12 @@ def ppl(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates:
                             "window_delta": dict(zip(result.blocks, windows))})
 
 
-def sleb(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates: Sequence[int], k_max: int,
-         batch_size: int | None = None) -> CriterionResult:
+def sleb(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates: Sequence[int],
+         k_max: int | None = None, batch_size: int | None = None, windows: int | None = None) -> CriterionResult:
     """SLEB's iterative removal (BlockPruner's over attention and MLP sub-blocks): at each of ``k_max``
-    steps, remove the candidate whose removal, given the blocks already removed, leaves the lowest
-    calibration NLL per token (the lowest perplexity); ties go to the lower index.
+    steps (default: until one candidate is left), remove the candidate whose removal, given the blocks
+    already removed, leaves the lowest calibration NLL per token (the lowest perplexity); ties go to the
+    lower index. ``windows``: only the first that many calibration windows.
 
     ``details``: ``order`` (blocks in removal order), ``values`` (NLL per token after each step) and
     ``dense_nll``. ``scores``: the step at which a block is removed (0 first); candidates still present
@@ -247,6 +250,8 @@ def sleb(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates
     Lowest first.
     """
     candidates = sorted(int(b) for b in candidates)
+    input_ids = input_ids[:windows]
+    k_max = max(len(candidates) - 1, 1) if k_max is None else k_max
     if not 1 <= k_max <= len(candidates):
         raise CompanionError(f"sleb needs 1 <= k_max <= {len(candidates)} candidate blocks (got {k_max})")
     order: list[int] = []
@@ -278,7 +283,7 @@ def block_parameters(model: nn.Module, granularity: str, block: int) -> list[nn.
 
 
 def taylor(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates: Sequence[int],
-           batch_size: int = 1) -> CriterionResult:
+           batch_size: int = 1, windows: int | None = None) -> CriterionResult:
     """Shortened LLaMA's Taylor criterion: for each block, Σ over its weights of |W ⊙ ∂L/∂W|, with L
     the mean NLL per token of the calibration windows (one backward pass over them). Lowest first.
 
@@ -286,8 +291,10 @@ def taylor(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidat
     protection does. ``details["first_order"]`` holds the signed Σ W ⊙ ∂L/∂W per block: the
     first-order change of L when the block's weights are scaled by (1 + ε) is ε times it, and
     removing them changes L by about minus it. Needs autograd, so it runs outside ``inference_mode``.
+    ``windows``: only the first that many calibration windows.
     """
     start_time = time.perf_counter()
+    input_ids = input_ids[:windows]
     candidates = sorted(int(b) for b in candidates)
     params = {b: block_parameters(model, granularity, b) for b in candidates}
     chosen = {id(p) for ps in params.values() for p in ps}
