@@ -23,7 +23,7 @@ MANIFEST = "companion_pruning.json"
 
 
 def _layers_prefix(model: nn.Module) -> str:
-    layers = adapters.decoder(model).layers
+    layers = adapters.decoder_layers(model)
     return next(name for name, module in model.named_modules() if module is layers)
 
 

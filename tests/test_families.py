@@ -1,0 +1,166 @@
+"""Every supported family end to end, on a tiny random model built here (conftest.TINY_FAMILIES).
+
+Per family: the one-pass scores at all three granularities, with the mid point checked against a
+recomputation (the layer's output with its MLP dropped); drop orders; pruned models against a reference
+whose dropped blocks output zeros; a layer-pruned checkpoint that plain transformers reloads; an
+attention-pruned checkpoint that the companion's loader reloads without the removed blocks; greedy
+generation with a KV cache after pruning; FastHFLM against stock HFLM.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from conftest import TINY_FAMILIES, make_family_model, make_tiny_tokenizer
+from lm_eval.api.instance import Instance
+from transformers import AutoModelForCausalLM
+
+from companion.experiments.fastlm import make_lm
+from companion.method import estimators
+from companion.method.calibration import Documents, Windows
+from companion.method.orders import drop_order
+from companion.method.scoring import ScoreSettings, score
+from companion.model import layouts
+from companion.model.checkpoints import save_pruned
+from companion.model.loading import LoadedModel, load_model
+from companion.model.surgery import Pruning, SkippedAttention, SkippedMLP, apply_pruning, temporarily_pruned
+from companion.names import GRANULARITIES
+
+SETTINGS = ScoreSettings(estimators=["knn", "cosine"], params={"knn": {"k": 3}}, batch_size=4)
+DOCS = Documents(["a"], "toy", "file", "local", "toy.txt", "0" * 64)
+IDS = torch.randint(3, 96, (2, 9), generator=torch.Generator().manual_seed(2))
+
+
+@pytest.fixture(scope="module", params=sorted(TINY_FAMILIES))
+def model(request) -> torch.nn.Module:
+    return make_family_model(request.param)
+
+
+def _loaded(model) -> LoadedModel:
+    return LoadedModel(model, make_tiny_tokenizer(), "tiny", "memory", "test", torch.device("cpu"), torch.float32)
+
+
+def _windows() -> Windows:
+    ids = torch.randint(3, 96, (4, 10), generator=torch.Generator().manual_seed(1))
+    return Windows(ids, list(range(4)), [0] * 4, 1)
+
+
+def _dropped(model, granularity: str, count: int = 2) -> list[int]:
+    """The last ``count`` prunable blocks (so that the hybrid stacks drop an attention)."""
+    return layouts.prunable(model, granularity)[-count:]
+
+
+def _zeroed(model, granularity: str, layers: list[int]):
+    """Reference: a copy whose dropped blocks output zeros (the sub-layer and its own norms), or whose
+    dropped layers return their input."""
+    reference = copy.deepcopy(model)
+    blocks = layouts.layer_blocks(reference)
+    for i in layers:
+        layer = layouts.decoder_layers(reference)[i]
+        if granularity == "layer":
+            layer.register_forward_hook(
+                lambda _m, args, kwargs, out: (lambda x: x if torch.is_tensor(out) else (x, *out[1:]))(
+                    args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+            continue
+        names = (blocks[i].attn, *blocks[i].attn_norms) if granularity == "attn" else (
+            blocks[i].mlp, *blocks[i].mlp_norms)
+        for name in names:
+            getattr(layer, name).register_forward_hook(
+                lambda _m, _a, out: torch.zeros_like(out) if torch.is_tensor(out) else (
+                    torch.zeros_like(out[0]), *out[1:]))
+    return reference
+
+
+def _logits(model, ids=IDS) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids, use_cache=False).logits
+
+
+def test_scores_and_mid_point_match_a_recomputation(model):
+    """The mid point the hooks read equals the layer's output when its MLP is dropped (input + attention)."""
+    result = score(_loaded(model), DOCS, _windows(), SETTINGS, progress=False)
+    num_layers = len(layouts.decoder_layers(model))
+    assert result["num_layers"] == num_layers
+    assert len(result["blocks"]) == num_layers * len(GRANULARITIES) * 2
+    mids = result["per_sample"]["norm"]["rms"]["mid"]
+    for i in range(num_layers):
+        outputs = {}
+        layer = layouts.decoder_layers(model)[i]
+        handle = layer.register_forward_hook(lambda _m, _a, out: outputs.setdefault("out", out))
+        with temporarily_pruned(model, Pruning("mlp", [i])), torch.no_grad():
+            layouts.decoder(model)(input_ids=_windows().input_ids, use_cache=False)
+        handle.remove()
+        out = outputs["out"] if torch.is_tensor(outputs["out"]) else outputs["out"][0]
+        torch.testing.assert_close(torch.tensor(mids[i]), estimators.rms(out), rtol=1e-5, atol=1e-6)
+    for granularity in GRANULARITIES:
+        order = drop_order(result, "knn", granularity, "none")
+        assert sorted(order.order) == list(range(num_layers))
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_pruned_logits_match_zeroed_blocks(model, granularity):
+    dropped = _dropped(model, granularity)
+    reference = _zeroed(model, granularity, dropped)
+    pruned = copy.deepcopy(model)
+    report = apply_pruning(pruned, Pruning(granularity, dropped))
+    assert report["params_after"] < report["params_before"]
+    torch.testing.assert_close(_logits(pruned), _logits(reference), rtol=1e-5, atol=1e-5)
+
+
+def test_layer_pruned_checkpoint_reloads_in_plain_transformers(model, tmp_path):
+    pruned = copy.deepcopy(model)
+    apply_pruning(pruned, Pruning("layer", [0, 2]))
+    save_pruned(pruned, make_tiny_tokenizer(), tmp_path)
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert layouts.text_config(plain).num_hidden_layers == 2
+    torch.testing.assert_close(_logits(plain), _logits(pruned), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("granularity", ["attn", "mlp"])
+def test_block_pruned_checkpoint_reloads_without_the_dropped_blocks(model, tmp_path, granularity):
+    pruned = copy.deepcopy(model)
+    dropped = _dropped(model, granularity, 1)
+    apply_pruning(pruned, Pruning(granularity, dropped))
+    save_pruned(pruned, make_tiny_tokenizer(), tmp_path)
+    reloaded = load_model(str(tmp_path), device="cpu", dtype="float32").model
+    skipped = SkippedAttention if granularity == "attn" else SkippedMLP
+    for i, (layer, blocks) in enumerate(zip(layouts.decoder_layers(reloaded), layouts.layer_blocks(reloaded))):
+        module = getattr(layer, blocks.attn if granularity == "attn" else blocks.mlp)
+        assert isinstance(module, skipped) == (i in dropped)
+        assert i not in dropped or not list(module.parameters())
+    torch.testing.assert_close(_logits(reloaded), _logits(pruned), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("granularity", ["attn", "layer"])
+def test_greedy_generation_with_a_cache_after_pruning(model, granularity):
+    pruned = copy.deepcopy(model)
+    apply_pruning(pruned, Pruning(granularity, _dropped(model, granularity, 1)))
+    with torch.no_grad():
+        cached = pruned.generate(IDS[:1], max_new_tokens=5, do_sample=False, use_cache=True, pad_token_id=0)
+        uncached = pruned.generate(IDS[:1], max_new_tokens=5, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.equal(cached, uncached)
+
+
+def _requests() -> list[Instance]:
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(92)]
+    pairs = []
+    for _ in range(2):
+        context = " ".join(rng.choices(words, k=rng.randint(3, 8)))
+        pairs += [(context, " " + " ".join(rng.choices(words, k=rng.randint(1, 3)))) for _ in range(3)]
+    pairs.append((" ".join(rng.choices(words, k=30)), " w5 w6"))  # truncated at max_length
+    return [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
+
+
+def test_fastlm_matches_stock_after_pruning(model):
+    tokenizer = make_tiny_tokenizer()
+    with temporarily_pruned(model, Pruning("attn", _dropped(model, "attn", 1))):
+        stock = make_lm(model, tokenizer, batch_size=4, fast=False, max_length=16).loglikelihood(
+            _requests(), disable_tqdm=True)
+        fast_lm = make_lm(model, tokenizer, batch_size=4, fast=True, max_length=16)
+        fast = fast_lm.loglikelihood(_requests(), disable_tqdm=True)
+    assert [ll for ll, _ in fast] == pytest.approx([ll for ll, _ in stock], abs=1e-4)
+    assert [greedy for _, greedy in fast] == [greedy for _, greedy in stock]
