@@ -43,6 +43,8 @@ _MLA = dict(kv_lora_rank=8, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim
 _LINEAR = dict(linear_conv_kernel_dim=2, linear_key_head_dim=8, linear_value_head_dim=8, linear_num_key_heads=2,
                linear_num_value_heads=2, layer_types=["linear_attention", "full_attention"] * 2)
 
+_WRAPPERS = {"gemma3": {"mm_tokens_per_image": 4}}
+
 TINY_FAMILIES: dict[str, dict] = {
     # pre-norm
     "llama": {}, "mistral": {"sliding_window": 4}, "ministral": _SLIDING, "ministral3": {}, "qwen2": {},
@@ -50,7 +52,7 @@ TINY_FAMILIES: dict[str, dict] = {
     "granite": {"residual_multiplier": 0.5, "embedding_multiplier": 2.0}, "helium": {}, "arcee": {},
     "apertus": {}, "nanochat": {}, "nemotron": {}, "olmo": {}, "starcoder2": {}, "stablelm": {},
     "persimmon": {}, "jais2": {}, "seed_oss": {}, "exaone": {}, "internlm3": {}, "ernie4_5": {},
-    "hunyuan_v1_dense": {}, "cwm": {}, "bitnet": {}, "diffllama": {}, "vaultgemma": {},
+    "hunyuan_v1_dense": {}, "cwm": {}, "bitnet": {}, "vaultgemma": {},
     # pre-norm, mixture of experts
     "mixtral": _MOE, "qwen2_moe": {**_MOE, **_SHARED, "decoder_sparse_step": 2}, "qwen3_moe": {**_MOE,
     "mlp_only_layers": [0]}, "olmoe": _MOE, "granitemoe": _MOE, "granitemoeshared": {**_MOE, **_SHARED},
@@ -62,8 +64,9 @@ TINY_FAMILIES: dict[str, dict] = {
     "minimax_m2": _MOE, "ernie4_5_moe": {**_MOE, "moe_num_experts": 4, "moe_k": 2},
     "hunyuan_v1_moe": {**_MOE, "moe_topk": 2}, "exaone_moe": {**_MOE, **_SHARED},
     # sandwich norms
-    "gemma2": _SLIDING, "gemma3_text": _SLIDING, "gemma4_text": {**_SLIDING, "hidden_size_per_layer_input": 8,
-    "vocab_size_per_layer_input": 96, "global_head_dim": 8}, "glm4": {}, "hyperclovax": {},
+    "gemma2": _SLIDING, "gemma3_text": _SLIDING, "gemma3": {**_SLIDING, "vision_config": dict(
+    hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)}, "gemma4_text": {**_SLIDING, "hidden_size_per_layer_input": 0,
+    "global_head_dim": 8}, "glm4": {}, "hyperclovax": {},
     # post-norm
     "olmo2": {}, "olmo3": {**_SLIDING}, "exaone4": {}, "flex_olmo": _MOE,
     # parallel attention and MLP
@@ -81,7 +84,12 @@ def make_family_model(model_type: str, seed: int = 0) -> torch.nn.Module:
     extra = TINY_FAMILIES[model_type]
     torch.manual_seed(seed)
     kwargs = {key: value for key, value in {**_TINY, **extra}.items() if value is not None or key not in _TINY}
-    config = transformers.AutoConfig.for_model(model_type, **kwargs)
+    vision = kwargs.pop("vision_config", None)
+    if vision is None:
+        config = transformers.AutoConfig.for_model(model_type, **kwargs)
+    else:  # a multimodal wrapper: the small settings are its text decoder's
+        config = transformers.AutoConfig.for_model(model_type, text_config=kwargs, vision_config=vision,
+                                                   tie_word_embeddings=False, **_WRAPPERS[model_type])
     model = transformers.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():  # random norms and biases, so that no norm is the identity by accident
         for name, param in model.named_parameters():

@@ -155,11 +155,10 @@ def decoder(model: nn.Module) -> nn.Module:
     if _layer_list(stack):
         return stack
     expected = getattr(text_config(model), "num_hidden_layers", None) if hasattr(model, "config") else None
-    for _, module in model.named_modules():
-        name = _layer_list(module)
-        if name and (expected is None or len(getattr(module, name)) == expected):
-            return module
-    raise _refusal(model, "no-layers")
+    stacks = [module for _, module in model.named_modules() if _layer_list(module)]
+    if not stacks:
+        raise _refusal(model, "no-layers")
+    return next((m for m in stacks if len(getattr(m, _layer_list(m))) == expected), stacks[0])
 
 
 def set_decoder_layers(model: nn.Module, layers: nn.ModuleList) -> None:

@@ -53,17 +53,27 @@ _CACHE_ARGS = ("past_key_values", "cache", "past_key_value", "layer_past")
 class SkippedMLP(nn.Module):
     """Stands in for a dropped MLP sub-layer: contributes exactly zero, computes nothing.
 
-    ``full`` returns zeros of the input's shape, for blocks that add to the MLP's output in place
-    (Falcon's parallel block); otherwise a zero scalar that broadcasts in the residual add.
+    Returns zeros of the input's shape (some blocks reshape the MLP's output or add to it in place);
+    ``extras`` is how many more values the replaced MLP returned after its output (gpt-oss returns
+    router scores), given back as None.
     """
 
-    def __init__(self, removed: dict[str, tuple], full: bool = False) -> None:
+    def __init__(self, removed: dict[str, tuple], extras: int = 0) -> None:
         super().__init__()
         self.removed = removed
-        self.full = full
+        self.extras = extras
 
-    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        return torch.zeros_like(hidden_states) if self.full else hidden_states.new_zeros(())
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
+        zero = torch.zeros_like(hidden_states)
+        return (zero, *[None] * self.extras) if self.extras else zero
+
+
+def _extra_outputs(mlp: nn.Module, hidden_size: int) -> int:
+    """How many values an MLP returns after its output, found by running it on one zero token."""
+    weight = next(mlp.parameters())
+    with torch.no_grad():
+        out = mlp(torch.zeros(1, 1, hidden_size, device=weight.device, dtype=weight.dtype))
+    return 0 if torch.is_tensor(out) else len(out) - 1
 
 
 @dataclass
@@ -108,6 +118,12 @@ def _fix_config(config, kept: list[int], moe: list[bool], num_layers: int) -> No
             raise CompanionError("this layer pruning leaves dense layers after mixture-of-experts layers, which "
                                  "first_k_dense_replace cannot describe")
         config.first_k_dense_replace = dense
+    if isinstance(getattr(config, "moe_layer_interval", None), int) and True in moe:  # ERNIE 4.5
+        first, last = moe.index(True), len(moe) - 1 - moe[::-1].index(True)
+        if not all(moe[first:last + 1]):
+            raise CompanionError("this layer pruning leaves dense layers between mixture-of-experts layers, which "
+                                 "moe_layer_interval cannot describe")
+        config.moe_layer_interval, config.moe_layer_start_index, config.moe_layer_end_index = 1, first, last
     config.num_hidden_layers = len(kept)
 
 
@@ -145,7 +161,8 @@ def _skip_sublayers(model: nn.Module, granularity: str, dropped: list[int]) -> N
             if isinstance(getattr(layer, block.mlp), SkippedMLP):
                 continue
             removed = _shapes(layer, (block.mlp, *block.mlp_norms))
-            setattr(layer, block.mlp, SkippedMLP(removed, full=block.layout.parallel))
+            extras = _extra_outputs(getattr(layer, block.mlp), config.hidden_size)
+            setattr(layer, block.mlp, SkippedMLP(removed, extras=extras))
             norms = block.mlp_norms
         for norm in norms:
             setattr(layer, norm, nn.Identity())
