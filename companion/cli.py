@@ -130,19 +130,22 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from companion.model.adapters import family_of, text_config
+    from companion.model.layouts import active_parameters, layer_blocks, layouts_of, prunable, text_config
     from companion.model.loading import load_model
     from companion.model.surgery import count_parameters
 
     loaded = load_model(args.model, args.device, args.dtype)
     config = text_config(loaded.model)
+    blocks = layer_blocks(loaded.model)
     pruning = getattr(loaded.model, "companion_pruning", None)
-    info = {**loaded.provenance(), "family": family_of(loaded.model).name, "hidden_size": config.hidden_size,
+    info = {**loaded.provenance(), "layouts": layouts_of(loaded.model), "hidden_size": config.hidden_size,
+            "attention_layers": sum(b.attention for b in blocks), "moe_layers": sum(b.moe for b in blocks),
+            "prunable_attn": prunable(loaded.model, "attn"),
             "parameters": count_parameters(loaded.model),
+            "active_parameters": active_parameters(loaded.model, config),
             "pruning": None if pruning is None else {"granularity": pruning.granularity, "layers": pruning.layers}}
     print(json.dumps(info, indent=2))
     return 0
-
 
 
 def _eval_settings(args: argparse.Namespace, prof: dict):

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import copy
 import random
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import TINY_FAMILIES, make_family_model, make_tiny_tokenizer
 from lm_eval.api.instance import Instance
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
+from companion.errors import CompanionError
 from companion.experiments.fastlm import make_lm
 from companion.method import estimators
 from companion.method.calibration import Documents, Windows
@@ -167,3 +169,63 @@ def test_layer_pruning_reloads_in_plain_transformers_and_generates(model, tmp_pa
     assert layouts.text_config(plain).num_hidden_layers == 2
     torch.testing.assert_close(_logits(plain), _logits(pruned), rtol=1e-5, atol=1e-5)
     _generates_alike(plain)
+
+
+REFUSED_EXAMPLES = {"mamba": {}, "falcon_mamba": {}, "nemotron_h": {}, "gpt2": {}, "opt": {}, "bart": {},
+                    "xglm": {}, "rwkv": {}}
+
+
+def _refusals() -> dict[str, str]:
+    errors = {}
+    for name, extra in REFUSED_EXAMPLES.items():
+        config = AutoConfig.for_model(name, **{**dict(vocab_size=96, hidden_size=32, intermediate_size=64,
+                                                      num_hidden_layers=2, num_attention_heads=4), **extra})
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        with pytest.raises(CompanionError) as error:
+            layouts.layer_blocks(model)
+        errors[name] = str(error.value)
+    return errors
+
+
+def test_refused_families_end_in_one_line():
+    for name, message in _refusals().items():
+        assert message.startswith(f"unsupported architecture '{name}': ") and "\n" not in message
+
+
+def test_tables_in_the_docs_are_generated_from_the_registry_and_the_tested_families():
+    """README and book/new_model.md carry the tables that layouts renders (run this file's
+    ``_render_docs`` to update them after adding a family or a layout)."""
+    assert set(TINY_FAMILIES) == set(layouts.FAMILIES)
+    expected = _tables()
+    for path, names in DOC_TABLES.items():
+        text = (ROOT / path).read_text()
+        for name in names:
+            assert _between(text, name) == expected[name], f"{path}: table '{name}' is stale; run _render_docs()"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC_TABLES = {"README.md": ["layouts"], "book/new_model.md": ["layouts", "families", "refused"]}
+
+
+def _tables() -> dict[str, str]:
+    with torch.device("meta"):
+        models = {name: make_family_model(name) for name in sorted(TINY_FAMILIES)}
+    return {"layouts": layouts.layout_table(), "families": layouts.family_table(models),
+            "refused": layouts.refused_table(_refusals())}
+
+
+def _between(text: str, name: str) -> str:
+    start, end = f"<!-- table:{name} -->\n", f"\n<!-- /table:{name} -->"
+    return text[text.index(start) + len(start):text.index(end)] if start in text and end in text else ""
+
+
+def _render_docs() -> None:
+    """Write the generated tables between their markers in README.md and book/new_model.md."""
+    tables = _tables()
+    for path, names in DOC_TABLES.items():
+        text = (ROOT / path).read_text()
+        for name in names:
+            start, end = f"<!-- table:{name} -->\n", f"\n<!-- /table:{name} -->"
+            text = text[:text.index(start) + len(start)] + tables[name] + text[text.index(end):]
+        (ROOT / path).write_text(text)

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from companion.errors import CompanionError
 from companion.io import atomic_write_json
-from companion.model import adapters
+from companion.model import adapters, layouts
 from companion.model.surgery import Pruning
 
 MANIFEST = "companion_pruning.json"
@@ -57,6 +57,9 @@ def _check_rebuilds(model: nn.Module, state: dict) -> None:
     expected = {key: tuple(value.shape) for key, value in rebuilt.state_dict().items()}
     actual = {key: tuple(value.shape) for key, value in state.items()}
     differ = sorted(set(expected.items()) ^ set(actual.items()))
+    reason = layouts.NO_LAYER_REMOVAL.get(model.config.model_type)
+    if reason:
+        raise CompanionError(f"a layer-pruned {model.config.model_type} cannot be saved: {reason}")
     if differ:
         raise CompanionError(f"a layer-pruned {model.config.model_type} does not match what its config rebuilds "
                              f"(first difference: {differ[0][0]}); this family supports attn and mlp pruning only")

@@ -106,10 +106,28 @@ EXTRAS = ("post_per_layer_input_norm",)
 OVERRIDES: dict[str, str] = {}
 """``model_type`` -> layout name, for a model whose layout the norm names alone do not tell."""
 
+FAMILIES: tuple[str, ...] = (
+    "apertus", "arcee", "bitnet", "cohere", "cohere2", "cohere2_moe", "cwm", "deepseek_v2", "deepseek_v3",
+    "dots1", "ernie4_5", "ernie4_5_moe", "exaone", "exaone4", "exaone_moe", "falcon", "flex_olmo", "gemma",
+    "gemma2", "gemma3", "gemma3_text", "gemma4_text", "glm", "glm4", "glm4_moe", "gpt_neox", "gpt_oss", "gptj",
+    "granite", "granitemoe", "granitemoeshared", "helium", "hunyuan_v1_dense", "hunyuan_v1_moe", "hyperclovax",
+    "internlm3", "jais2", "lfm2", "llama", "llama4_text", "minimax_m2", "ministral", "ministral3", "mistral",
+    "mixtral", "nanochat", "nemotron", "olmo", "olmo2", "olmo3", "olmoe", "persimmon", "phi", "phi3", "phimoe",
+    "qwen2", "qwen2_moe", "qwen3", "qwen3_5_text", "qwen3_moe", "qwen3_next", "seed_oss", "smollm3",
+    "stablelm", "starcoder2", "vaultgemma",
+)
+"""The ``model_type`` values tested end to end (tests/test_families.py builds a small one of each)."""
+
+NO_LAYER_REMOVAL: dict[str, str] = {
+    "diffllama": "its attention's lambda_init is computed from the layer index, so a layer-pruned checkpoint "
+                 "would reload with other constants",
+}
+"""Families whose layer-pruned checkpoints transformers would rebuild differently, and why."""
+
 REFUSED: dict[str, str] = {
     "encoder-decoder": "an encoder-decoder model (the method scores the blocks of a decoder-only stack)",
     "state-space": "a state-space model without attention (no attention block to score or drop)",
-    "no-layers": "no decoder layer list with separate attention and MLP modules",
+    "no-layers": "its decoder layers have no separate attention and MLP modules (an inline fc1/fc2 MLP, or no layer list)",
     "one-sublayer": "each decoder layer holds a single sub-layer (no residual point between attention and MLP)",
 }
 
@@ -168,8 +186,11 @@ def set_decoder_layers(model: nn.Module, layers: nn.ModuleList) -> None:
 
 
 def _refusal(model: nn.Module, reason: str) -> CompanionError:
-    model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
-    return CompanionError(f"unsupported architecture '{model_type}': {REFUSED[reason]}")
+    return _unsupported(getattr(getattr(model, "config", None), "model_type", type(model).__name__), REFUSED[reason])
+
+
+def _unsupported(model_type: str, reason: str) -> CompanionError:
+    return CompanionError(f"unsupported architecture '{model_type}': {reason}; tested families: {', '.join(FAMILIES)}")
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -192,8 +213,8 @@ def _detect(layer: nn.Module, config) -> Blocks:
     mixer = next((name for name in MIXERS if name in children), None)
     mlp = next((name for name in MLPS if name in children), None)
     if mixer is None or mlp is None:
-        raise CompanionError(f"unsupported architecture '{getattr(config, 'model_type', '?')}': "
-                             f"{REFUSED['one-sublayer' if len(children) <= 3 else 'no-layers']}")
+        raise _unsupported(getattr(config, "model_type", "?"), REFUSED["one-sublayer" if "mixer" in children
+                                                                         else "no-layers"])
     norms = frozenset(name for name, child in children.items() if _is_norm(child) and name not in EXTRAS)
     forced = OVERRIDES.get(getattr(config, "model_type", ""))
     candidates = [LAYOUTS[forced]] if forced else sorted(LAYOUTS.values(), key=lambda lay: not lay.parallel)
@@ -209,9 +230,8 @@ def _detect(layer: nn.Module, config) -> Blocks:
                 word in type(mixer_module).__name__.lower() for word in ("linear", "lightning"))
             return Blocks(layout, mixer, mlp, attention, _is_moe(children[mlp]), norms_variant.attn,
                           norms_variant.mlp, mid_module, norms_variant.shared)
-    raise CompanionError(f"unsupported architecture '{getattr(config, 'model_type', '?')}': no block layout "
-                         f"matches its norms ({', '.join(sorted(norms)) or 'none'}); add one to "
-                         "companion.model.layouts.LAYOUTS")
+    raise _unsupported(getattr(config, "model_type", "?"), f"no block layout matches its norms "
+                       f"({', '.join(sorted(norms)) or 'none'}; a new layout is one entry of LAYOUTS)")
 
 
 def layer_blocks(model: nn.Module) -> list[Blocks]:
@@ -221,14 +241,14 @@ def layer_blocks(model: nn.Module) -> list[Blocks]:
         raise _refusal(model, "encoder-decoder")
     blocks = []
     stack = decoder(model)
+    if not any("attention" in type(module).__name__.lower() for module in stack.modules()):
+        raise _refusal(model, "state-space")
     for layer in getattr(stack, _layer_list(stack)):
         found = layer.__dict__.get("companion_blocks")
         if found is None:
             found = _detect(layer, config)
             layer.__dict__["companion_blocks"] = found
         blocks.append(found)
-    if not any(b.attention for b in blocks):
-        raise _refusal(model, "state-space")
     return blocks
 
 
@@ -287,3 +307,43 @@ def active_parameters(module: nn.Module, config) -> int:
         else:
             total += p.numel()
     return total
+
+
+_MIXER_NAMES = {"linear_attn": "linear attention", "conv": "short convolution", "mamba": "Mamba"}
+
+
+def layout_table() -> str:
+    """The registry of layouts as a Markdown table."""
+    rows = ["| Layout | Block, and where the mid point is | Examples |", "|---|---|---|"]
+    rows += [f"| {lay.name} | {lay.description} | {lay.examples} |" for lay in LAYOUTS.values()]
+    return "\n".join(rows)
+
+
+def family_table(models: dict[str, nn.Module]) -> str:
+    """One Markdown row per family: its layouts, token mixers, MLPs and which ``attn`` blocks can be dropped,
+    detected on ``models`` (``model_type`` -> a model of that family, e.g. the small ones of the tests)."""
+    rows = ["| `model_type` | Layout | Token mixers | MLP | `attn` blocks droppable |", "|---|---|---|---|---|"]
+    for name in sorted(models):
+        model = models[name]
+        blocks = layer_blocks(model)
+        kinds = {t.replace("_attention", "") for t in getattr(text_config(model), "layer_types", None) or []
+                 if t.endswith("_attention") and t != "linear_attention"}
+        attention = "attention" + (f" ({' + '.join(sorted(kinds))})" if len(kinds) > 1 else "")
+        mixers = list(dict.fromkeys(attention if b.attention else _MIXER_NAMES.get(b.attn, b.attn) for b in blocks))
+        moe = [b.moe for b in blocks]
+        mlp = ("MoE" if all(moe) else "dense" if not any(moe)
+               else "dense first, then MoE" if moe == sorted(moe) else "dense and MoE interleaved")
+        droppable = "every layer" if all(b.attention for b in blocks) else "attention layers only"
+        rows.append(f"| `{name}` | {', '.join(layouts_of(model))} | {', '.join(mixers)} | {mlp} | {droppable} |")
+    return "\n".join(rows)
+
+
+def refused_table(errors: dict[str, str]) -> str:
+    """The refused families as a Markdown table, from ``model_type`` -> the one-line error they end with,
+    plus :data:`NO_LAYER_REMOVAL`."""
+    rows = ["| `model_type` | Why |", "|---|---|"]
+    for name in sorted(errors):
+        reason = errors[name].split(": ", 1)[-1].split("; tested families")[0]
+        rows.append(f"| `{name}` | refused: {reason} |")
+    rows += [f"| `{name}` | attn and mlp only: {reason} |" for name, reason in sorted(NO_LAYER_REMOVAL.items())]
+    return "\n".join(rows)

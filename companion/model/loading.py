@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,22 @@ from transformers import (
 from companion.errors import CompanionError
 from companion.hub import hub_reachable
 from companion.io import atomic_write_json, sha256_file
-from companion.model.layouts import config_text, count_parameters, decoder_layers, layer_blocks, text_config
+from companion.model.layouts import (
+    FAMILIES,
+    config_text,
+    count_parameters,
+    decoder_layers,
+    layer_blocks,
+    layouts_of,
+    text_config,
+)
 from companion.model.checkpoints import read_manifest
 from companion.model.embedded import EMBEDDED_MODELS, embedded_model
 from companion.model.surgery import apply_pruning
 from companion.paths import cache_dir
 
 DEFAULT_MODEL = "gemma-3-270m"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -226,6 +236,9 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
 
         target = snapshot_download(spec, local_files_only=True)
     layer_blocks(model)
+    if text_config(model).model_type not in FAMILIES:
+        logger.warning("%s: layout %s detected, but this model type is not among the tested families",
+                       model.config.model_type, ", ".join(layouts_of(model)))
     model.eval()
     if torch_device.type == "cpu":
         model.to(torch_device)
