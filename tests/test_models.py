@@ -87,3 +87,18 @@ def test_smollm2_loads_with_30_layers_and_a_finite_forward_pass():
         logits = loaded.model(ids).logits
     assert logits.shape == (1, ids.shape[1], config.vocab_size) and torch.isfinite(logits).all()
     assert loaded.tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"
+
+
+def test_info_reports_layouts_and_active_parameters_of_a_mixture_of_experts(tmp_path, capsys):
+    import json
+
+    from conftest import make_family_model, make_tiny_tokenizer
+
+    make_family_model("qwen3_next").save_pretrained(tmp_path)  # linear + full attention, 2 of 4 experts per token
+    make_tiny_tokenizer().save_pretrained(tmp_path)
+    assert main(["info", "--model", str(tmp_path), "--device", "cpu"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["layouts"] == ["pre-norm"] and info["attention_layers"] == 2 and info["moe_layers"] == 4
+    assert info["prunable_attn"] == [1, 3]
+    experts = 4 * 4 * 3 * 32 * 16  # 4 layers of 4 experts with gate, up and down of 32 × 16
+    assert info["parameters"] - info["active_parameters"] == experts // 2

@@ -39,11 +39,11 @@ from companion.errors import CompanionError
 from companion.io import atomic_write_text
 from companion.method.orders import drop_order
 from companion.model.layouts import (
+    active_parameters,
     attention_dims,
     config_text,
     count_parameters,
     decoder_layers,
-    experts_per_token,
     layer_blocks,
     text_config,
 )
@@ -77,18 +77,6 @@ class LayerCost:
     mlp_weights: int
 
 
-def _matrices(module: nn.Module, config) -> int:
-    """Active weights of ``module``'s matrices (2-D weights, and 3-D expert weights scaled by routing)."""
-    top_k = experts_per_token(config)
-    total = 0
-    for p in {id(p): p for p in module.parameters()}.values():
-        if p.ndim == 2:
-            total += p.numel()
-        elif p.ndim == 3 and top_k:
-            total += p.numel() * min(top_k, p.shape[0]) // p.shape[0]
-    return total
-
-
 def _attention_cost(module: nn.Module, config) -> tuple[int, int]:
     """(FLOPs per query-key pair, numbers cached per token) of an attention module, from its attributes
     where it has them (per-layer head counts; multi-head latent attention, which caches one compressed
@@ -112,8 +100,8 @@ def layer_costs(model: nn.Module) -> list[LayerCost]:
     for layer, blocks in zip(decoder_layers(model), layer_blocks(model)):
         mixer = getattr(layer, blocks.attn)
         key_flops, kv_per_token = _attention_cost(mixer, config) if blocks.attention else (0, 0)
-        costs.append(LayerCost(_matrices(mixer, config), blocks.attention, key_flops, kv_per_token,
-                               _matrices(getattr(layer, blocks.mlp), config)))
+        costs.append(LayerCost(active_parameters(mixer, config, matrices_only=True), blocks.attention, key_flops, kv_per_token,
+                               active_parameters(getattr(layer, blocks.mlp), config, matrices_only=True)))
     return costs
 
 

@@ -296,16 +296,28 @@ def experts_per_token(config) -> int | None:
     return None
 
 
-def active_parameters(module: nn.Module, config) -> int:
-    """Parameters a token runs through in ``module``: routed experts (3-D weights, one slice per expert)
-    count ``experts_per_token / experts`` of their weights, everything else counts fully."""
-    top_k = experts_per_token(config)
+def routed_experts(config) -> int | None:
+    """How many routed experts a mixture-of-experts layer has (None when the config names none)."""
+    config = config_text(config)
+    for name in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def active_parameters(module: nn.Module, config, matrices_only: bool = False) -> int:
+    """Parameters a token runs through in ``module``: routed experts (weights under an ``experts`` module
+    with one slice per expert) count ``experts_per_token / experts`` of them, everything else counts fully.
+    ``matrices_only`` counts weight matrices only (what matmul FLOPs are made of), not biases, norms or
+    convolution kernels."""
+    top_k, experts = experts_per_token(config), routed_experts(config)
     total = 0
-    for p in {id(p): p for p in module.parameters()}.values():
-        if p.ndim == 3 and top_k:
-            total += p.numel() * min(top_k, p.shape[0]) // p.shape[0]
-        else:
-            total += p.numel()
+    for name, p in module.named_parameters():  # tied or shared parameters once
+        if matrices_only and (p.ndim != 2 or name.endswith("bias")) and not (p.ndim == 3 and "experts" in name):
+            continue
+        routed = top_k and "experts" in name and "shared" not in name and p.ndim >= 2 and p.shape[0] == experts
+        total += p.numel() * min(top_k, experts) // experts if routed else p.numel()
     return total
 
 
