@@ -130,7 +130,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from companion.model.layouts import active_parameters, layer_blocks, layouts_of, prunable, text_config
+    from companion.model.layouts import (
+        active_parameters,
+        layer_blocks,
+        layouts_of,
+        prunable,
+        text_config,
+    )
     from companion.model.loading import load_model
     from companion.model.surgery import count_parameters
 
@@ -208,7 +214,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import functools
 
     from companion.experiments import plan as planning
-    from companion.experiments.sweep import fit_drops, model_drops, profile_sweep, run_sweep, sweep_path
+    from companion.experiments.sweep import (
+        fit_drops,
+        model_drops,
+        profile_sweep,
+        run_sweep,
+        sweep_path,
+    )
     from companion.method.calibration import check_available, parse_calibration
     from companion.model.loading import load_model, model_identity
 

@@ -229,10 +229,10 @@ def test_non_gated_mlp_and_attention_free_layers():
 @pytest.mark.parametrize("name", ["deepseek_v3", "gpt_oss", "llama4_text", "qwen3_next", "falcon", "olmo2"])
 def test_kv_cache_bytes_match_the_cache_of_a_forward(name):
     """Multi-head latent attention (keys wider than values), sliding and hybrid layers, one K/V head (Falcon)."""
+    from conftest import make_family_model
     from transformers import DynamicCache
 
     from companion.experiments.speed import cache_bytes
-    from conftest import make_family_model
 
     model = make_family_model(name)
     cache = DynamicCache(config=model.config)

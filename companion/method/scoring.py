@@ -29,7 +29,12 @@ from companion.method.calibration import Documents, Windows, sample_windows
 from companion.method.estimators import SIMILARITY_SCORES, entropy_estimator, rms
 from companion.model import adapters, layouts
 from companion.model.loading import LoadedModel
-from companion.names import ALL_ENTROPY_METHODS, DIAGNOSTIC_ENTROPY_METHODS, GRANULARITIES, SIMILARITY_METHODS
+from companion.names import (
+    ALL_ENTROPY_METHODS,
+    DIAGNOSTIC_ENTROPY_METHODS,
+    GRANULARITIES,
+    SIMILARITY_METHODS,
+)
 from companion.provenance import environment, timestamp
 
 SCHEMA = "companion.scores/3"

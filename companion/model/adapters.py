@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from companion.model.layouts import Blocks, decoder, decoder_layers, layer_blocks, text_config
+from companion.model.layouts import (
+    Blocks,
+    decoder,
+    decoder_layers,
+    layer_blocks,
+    text_config,
+)
 
 __all__ = ["Blocks", "decoder", "decoder_layers", "family_of", "text_config"]
 

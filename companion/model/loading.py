@@ -20,6 +20,8 @@ from transformers import (
 from companion.errors import CompanionError
 from companion.hub import hub_reachable
 from companion.io import atomic_write_json, sha256_file
+from companion.model.checkpoints import read_manifest
+from companion.model.embedded import EMBEDDED_MODELS, embedded_model
 from companion.model.layouts import (
     FAMILIES,
     config_text,
@@ -29,8 +31,6 @@ from companion.model.layouts import (
     layouts_of,
     text_config,
 )
-from companion.model.checkpoints import read_manifest
-from companion.model.embedded import EMBEDDED_MODELS, embedded_model
 from companion.model.surgery import apply_pruning
 from companion.paths import cache_dir
 
