@@ -144,17 +144,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from companion.model.adapters import family_of, text_config
-    from companion.model.loading import load_model
-    from companion.model.surgery import count_parameters
+    from companion.pipeline.commands import describe
 
-    loaded = load_model(args.model, args.device, args.dtype)
-    config = text_config(loaded.model)
-    pruning = getattr(loaded.model, "companion_pruning", None)
-    info = {**loaded.provenance(), "family": family_of(loaded.model).name, "hidden_size": config.hidden_size,
-            "parameters": count_parameters(loaded.model),
-            "pruning": None if pruning is None else {"granularity": pruning.granularity, "layers": pruning.layers}}
-    print(json.dumps(info, indent=2))
+    print(json.dumps(describe(args.model, args.device, args.dtype), indent=2))
     return 0
 
 

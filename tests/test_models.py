@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+import transformers
 
 from companion.cli import main
 from companion.errors import CompanionError
@@ -87,3 +88,46 @@ def test_smollm2_loads_with_30_layers_and_a_finite_forward_pass():
         logits = loaded.model(ids).logits
     assert logits.shape == (1, ids.shape[1], config.vocab_size) and torch.isfinite(logits).all()
     assert loaded.tokenizer.decode(logits[0, -1].argmax()).strip() == "Paris"
+
+
+def test_info_reports_layouts_and_active_parameters_of_a_mixture_of_experts(tmp_path, capsys):
+    import json
+
+    from conftest import make_family_model, make_tiny_tokenizer
+
+    make_family_model("qwen3_next").save_pretrained(tmp_path)  # linear + full attention, 2 of 4 experts per token
+    make_tiny_tokenizer().save_pretrained(tmp_path)
+    assert main(["info", "--model", str(tmp_path), "--device", "cpu"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["layouts"] == ["pre-norm"] and info["attention_layers"] == 2 and info["moe_layers"] == 4
+    assert info["prunable_attn"] == [1, 3]
+    experts = 4 * 4 * 3 * 32 * 16  # 4 layers of 4 experts with gate, up and down of 32 × 16
+    assert info["parameters"] - info["active_parameters"] == experts // 2
+
+
+@pytest.mark.parametrize("model_type", ["olmo2", "qwen3_next", "falcon"])
+def test_score_and_prune_from_the_command_line(tmp_path, capsys, model_type):
+    """A local checkpoint of a post-norm, a hybrid MoE and a parallel family goes through score and prune;
+    a state-space model ends in one line."""
+    import json
+
+    from conftest import make_family_model, make_tiny_tokenizer
+
+    folder, corpus, scores = tmp_path / model_type, tmp_path / "docs.txt", str(tmp_path / "scores.json")
+    make_family_model(model_type).save_pretrained(folder)
+    make_tiny_tokenizer().save_pretrained(folder)
+    corpus.write_text("\n\n".join(" ".join(f"w{(i * 7 + j) % 90}" for j in range(40)) for i in range(6)))
+    assert main(["score", "--model", str(folder), "--data", str(corpus), "--samples", "4", "--seqlen", "16",
+                 "--estimators", "knn,cosine", "--knn-k", "3", "--quiet", "--out", scores]) == 0
+    assert json.loads(open(scores).read())["num_layers"] == 4
+    for granularity in ("mlp", "layer"):
+        assert main(["prune", "--model", str(folder), "--scores", scores, "--method", "cosine", "--granularity",
+                     granularity, "--drop", "1", "--protect", "none", "--out", str(tmp_path / granularity)]) == 0
+    capsys.readouterr()
+    mamba = tmp_path / "mamba"
+    transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(
+        "mamba", vocab_size=96, hidden_size=32, num_hidden_layers=2)).save_pretrained(mamba)
+    make_tiny_tokenizer().save_pretrained(mamba)
+    assert main(["info", "--model", str(mamba)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unsupported architecture 'mamba': a state-space model") and "\n" not in err

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import transformers
 from conftest import make_tiny_model, make_tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
@@ -17,7 +18,7 @@ from companion.method.orders import (
     drop_order,
     parse_protect,
 )
-from companion.model import adapters
+from companion.model import adapters, layouts
 from companion.model.checkpoints import save_pruned
 from companion.model.loading import load_model
 from companion.model.surgery import (
@@ -231,3 +232,49 @@ def test_pruning_on_top_of_another_granularity_is_a_one_line_error(first, second
     with pytest.raises(CompanionError), temporarily_pruned(model, Pruning(second, [0])):
         pass
     assert model.companion_pruning == Pruning(first, [1]) and count_parameters(model) == parameters
+
+
+@pytest.mark.parametrize("name", ["llama4_text", "qwen2_moe", "deepseek_v3", "ernie4_5_moe", "gpt_oss"])
+def test_layer_removal_rewrites_per_layer_config_and_temporary_pruning_restores_it(name):
+    """Per-layer lists are subset, MoE placement is rewritten from the kept layers, and all of it comes back."""
+    from conftest import make_family_model
+
+    model = make_family_model(name)
+    config = adapters.text_config(model)
+    before = config.to_dict()
+    moe = [b.moe for b in layouts.layer_blocks(model)]
+    with temporarily_pruned(model, Pruning("layer", [0, 2])):
+        assert config.num_hidden_layers == 2 and [b.moe for b in layouts.layer_blocks(model)] == [moe[1], moe[3]]
+        if getattr(config, "layer_types", None) is not None:
+            assert config.layer_types == [before["layer_types"][1], before["layer_types"][3]]
+        with torch.device("meta"):
+            rebuilt = AutoModelForCausalLM.from_config(model.config)
+        assert [b.moe for b in layouts.layer_blocks(rebuilt)] == [moe[1], moe[3]]
+    assert config.to_dict() == before
+
+
+def test_blocks_that_cannot_be_dropped_or_saved_are_one_line_errors(tmp_path):
+    from conftest import make_family_model
+
+    hybrid = make_family_model("qwen3_5_text")  # linear attention in layers 0 and 2
+    assert layouts.prunable(hybrid, "attn") == [1, 3] and layouts.prunable(hybrid, "mlp") == [0, 1, 2, 3]
+    with pytest.raises(CompanionError, match="layer 0 has no attention block to drop"):
+        apply_pruning(hybrid, Pruning("attn", [0]))
+    per_layer_inputs = _untested_model("gemma4_text", hidden_size_per_layer_input=8, vocab_size_per_layer_input=96,
+                                       global_head_dim=8)
+    apply_pruning(per_layer_inputs, Pruning("layer", [1]))
+    with pytest.raises(CompanionError, match="does not match what its config rebuilds") as error:
+        save_pruned(per_layer_inputs, make_tiny_tokenizer(), tmp_path / "gemma4")
+    assert "\n" not in str(error.value)
+    diff = _untested_model("diffllama")
+    apply_pruning(diff, Pruning("layer", [1]))
+    with pytest.raises(CompanionError, match="lambda_init"):
+        save_pruned(diff, make_tiny_tokenizer(), tmp_path / "diffllama")
+
+
+def _untested_model(model_type: str, **extra):
+    """A small random model of a configuration outside the tested families (conftest's sizes)."""
+    from conftest import _TINY
+
+    config = transformers.AutoConfig.for_model(model_type, **{**_TINY, **extra})
+    return AutoModelForCausalLM.from_config(config).eval()

@@ -203,3 +203,39 @@ def test_write_speed(tmp_path):
     assert table[1] == {"model": "m", "K": "2", "dropped": "1 3", "peak_memory_bytes": "", "prefill_tps": "12.0"}
     with pytest.raises(CompanionError, match="a .json file"):
         write_speed(rows, tmp_path / "speed.csv", {}, {})
+
+
+def test_mixture_of_experts_counts_the_active_experts():
+    """Mixtral: per token, the router and 2 of 4 experts (each gate, up and down: 3 × 32 × 64)."""
+    from conftest import make_family_model
+
+    config = make_family_model("mixtral").config
+    assert forward_flops(config, 1)["mlp"] == 4 * 2 * (32 * 4 + 2 * 3 * 32 * 64)
+
+
+def test_non_gated_mlp_and_attention_free_layers():
+    """Phi's MLP is fc1 and fc2 (with biases, not counted); Qwen3.5's linear-attention layers hold no KV cache."""
+    from conftest import make_family_model
+
+    phi = make_family_model("phi").config
+    assert forward_flops(phi, 1)["mlp"] == 4 * 2 * 2 * 32 * 64
+    hybrid = make_family_model("qwen3_5_text")  # linear, full, linear, full
+    assert kv_cache_bytes(hybrid.config, 10) == 2 * 10 * KV
+    assert kv_cache_bytes(hybrid.config, 10, {"attn": [1]}) == 10 * KV
+    scores = forward_flops(hybrid.config, 10)["attn_scores"]
+    assert scores == 2 * 2 * 4 * (8 + 8) * 55  # two attention layers of 4 query heads; 55 keys seen
+
+
+@pytest.mark.parametrize("name", ["deepseek_v3", "gpt_oss", "llama4_text", "qwen3_next", "falcon", "olmo2"])
+def test_kv_cache_bytes_match_the_cache_of_a_forward(name):
+    """Multi-head latent attention (keys wider than values), sliding and hybrid layers, one K/V head (Falcon)."""
+    from conftest import make_family_model
+    from transformers import DynamicCache
+
+    from companion.experiments.speed import cache_bytes
+
+    model = make_family_model(name)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(torch.randint(3, 96, (1, 3)), past_key_values=cache, use_cache=True)
+    assert cache_bytes(cache) == kv_cache_bytes(model.config, 3)

@@ -3,9 +3,11 @@
 The paper claims a near-linear speedup with the number of dropped attention layers. Two views:
 
 - **Expected**, in closed form from the config (:func:`forward_flops`, :func:`run_flops`,
-  :func:`kv_cache_bytes`): matmul FLOPs of the attention projections, the attention score/value
-  products, the gated MLPs and the LM head. A multiply-add is 2 FLOPs, so a projection costs 2 × its
-  weight count per token. Norms, activations, rotary embeddings, softmax and biases (O(d) per token)
+  :func:`kv_cache_bytes`): matmul FLOPs of the token mixers' projections, the attention score/value
+  products, the MLPs (the active experts of a mixture of experts) and the LM head, with each layer's
+  weights and head counts read from the model the config builds on the meta device (:func:`layer_costs`),
+  so per-layer heterogeneity, attention-free layers and non-gated MLPs need no formula of their own.
+  A multiply-add is 2 FLOPs, so a projection costs 2 × its weight count per token. Norms, activations, rotary embeddings, softmax and biases (O(d) per token)
   are left out. Attention counts only the keys a causal query sees (position p sees p + 1 keys, at
   most the window in sliding layers); kernels that compute and then mask the whole square do more.
 - **Measured** (:func:`timed_greedy`, :func:`measure`): one prefill forward over a prompt, then a
@@ -36,9 +38,17 @@ from companion import store
 from companion.errors import CompanionError
 from companion.io import atomic_write_text
 from companion.method.orders import drop_order
-from companion.model import adapters
+from companion.model.layouts import (
+    active_parameters,
+    attention_dims,
+    config_text,
+    count_parameters,
+    decoder_layers,
+    layer_blocks,
+    text_config,
+)
 from companion.model.loading import LoadedModel, portable_spec
-from companion.model.surgery import Pruning, apply_pruning, count_parameters
+from companion.model.surgery import Pruning, apply_pruning
 from companion.names import GRANULARITIES
 from companion.provenance import environment, timestamp
 
@@ -46,15 +56,67 @@ SCHEMA = "companion.speed/1"
 Drops = Mapping[str, Iterable[int]]
 
 
-def _text(config):
-    return config.get_text_config() if hasattr(config, "get_text_config") else config
+_text = config_text  # the text configuration (plan.py reads it under this name)
 
 
-def _dims(config) -> tuple[int, int, int, int]:
-    """(hidden size, query heads, key/value heads, head dim)."""
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return config.hidden_size, heads, getattr(config, "num_key_value_heads", None) or heads, head_dim
+@dataclass(frozen=True)
+class LayerCost:
+    """What one decoder layer costs, read from its modules.
+
+    ``mixer_weights``: weights of the token mixer's matrices (attention projections, or a linear-attention
+    or state-space mixer's); ``attention``: softmax attention with a KV cache; ``key_flops``: FLOPs per
+    query-key pair (QKᵀ and the weighted sum of V over the layer's own heads); ``kv_per_token``: numbers
+    the KV cache holds per token; ``mlp_weights``: the MLP's weights a token runs through (a mixture of
+    experts counts ``experts_per_token / experts`` of its routed experts; gated or not, every matrix once).
+    """
+
+    mixer_weights: int
+    attention: bool
+    key_flops: int
+    kv_per_token: int
+    mlp_weights: int
+
+
+def _attention_cost(module: nn.Module, config) -> tuple[int, int]:
+    """(FLOPs per query-key pair, numbers cached per token) of an attention module, from its attributes
+    where it has them (per-layer head counts; multi-head latent attention, which caches one compressed
+    latent plus the rotary key part and scores against the latent) and from the config otherwise."""
+    heads, kv_heads, head_dim = attention_dims(config)
+    heads = getattr(module, "num_heads", None) or getattr(module, "num_attention_heads", None) or heads
+    latent = getattr(module, "kv_lora_rank", None)
+    if latent:
+        rope = module.qk_rope_head_dim
+        return 2 * heads * (latent + rope) + 2 * heads * latent, latent + rope
+    head_dim = getattr(module, "head_dim", None) or head_dim
+    groups = getattr(module, "num_key_value_groups", None)
+    kv_heads = heads // groups if groups else kv_heads
+    return 4 * heads * head_dim, 2 * kv_heads * head_dim
+
+
+def layer_costs(model: nn.Module) -> list[LayerCost]:
+    """The :class:`LayerCost` of every decoder layer of ``model`` (dense or pruned: skipped blocks cost nothing)."""
+    config = text_config(model)
+    costs = []
+    for layer, blocks in zip(decoder_layers(model), layer_blocks(model)):
+        mixer = getattr(layer, blocks.attn)
+        key_flops, kv_per_token = _attention_cost(mixer, config) if blocks.attention else (0, 0)
+        costs.append(LayerCost(active_parameters(mixer, config, matrices_only=True), blocks.attention, key_flops, kv_per_token,
+                               active_parameters(getattr(layer, blocks.mlp), config, matrices_only=True)))
+    return costs
+
+
+_COSTS: dict[str, list[LayerCost]] = {}
+
+
+def _config_costs(config) -> list[LayerCost]:
+    """:func:`layer_costs` of the model ``config`` describes, built once on the meta device (no memory)."""
+    key = config.to_json_string()
+    if key not in _COSTS:
+        from transformers import AutoModelForCausalLM
+
+        with torch.device("meta"):
+            _COSTS[key] = layer_costs(AutoModelForCausalLM.from_config(config))
+    return _COSTS[key]
 
 
 def _window(config, layer: int) -> int | None:
@@ -98,17 +160,20 @@ def forward_flops(config, tokens: int, past: int = 0, drops: Drops | None = None
 
     ``drops`` maps a granularity (``attn``, ``mlp``, ``layer``) to dropped layer indices of the dense
     model ``config`` describes. The LM head runs on the last position only, as in ``generate``'s
-    prefill and in :func:`timed_greedy`. Keys: ``attn_proj`` (Q, K, V, O), ``attn_scores`` (QKᵀ and
-    the weighted sum of V), ``mlp`` (gate, up, down), ``lm_head`` and ``total``.
+    prefill and in :func:`timed_greedy`. Keys: ``attn_proj`` (the token mixers' matrices: Q, K, V, O of
+    attention, the projections of linear-attention and state-space mixers), ``attn_scores`` (QKᵀ and the
+    weighted sum of V, softmax attention only), ``mlp`` (the matrices a token runs through: all of a
+    dense MLP, the router, shared experts and ``experts_per_token`` routed experts of a mixture of
+    experts), ``lm_head`` and ``total``.
     """
-    config = _text(config)
-    hidden, heads, kv_heads, head_dim = _dims(config)
-    attn, mlp = _running(config, drops)
+    costs = _config_costs(config)
+    text = _text(config)
+    attn, mlp = _running(text, drops)
     flops = {
-        "attn_proj": tokens * len(attn) * 2 * hidden * head_dim * (2 * heads + 2 * kv_heads),
-        "attn_scores": sum(4 * heads * head_dim * _keys_seen(past, past + tokens, _window(config, i)) for i in attn),
-        "mlp": tokens * len(mlp) * 2 * 3 * hidden * config.intermediate_size,
-        "lm_head": 2 * hidden * config.vocab_size,
+        "attn_proj": tokens * sum(2 * costs[i].mixer_weights for i in attn),
+        "attn_scores": sum(costs[i].key_flops * _keys_seen(past, past + tokens, _window(text, i)) for i in attn),
+        "mlp": tokens * sum(2 * costs[i].mlp_weights for i in mlp),
+        "lm_head": 2 * text.hidden_size * text.vocab_size,
     }
     return {**flops, "total": sum(flops.values())}
 
@@ -131,14 +196,14 @@ def kv_cache_bytes(config, context: int, drops: Drops | None = None, dtype: torc
     ``window - 1`` tokens, as transformers' sliding cache does (the next query brings its own key).
     Our skipped attention keeps a one-number-per-token placeholder, not counted here.
     """
-    config = _text(config)
-    _, _, kv_heads, head_dim = _dims(config)
-    attn, _ = _running(config, drops)
-    tokens = 0
+    costs = _config_costs(config)
+    text = _text(config)
+    attn, _ = _running(text, drops)
+    numbers = 0
     for i in attn:
-        window = _window(config, i)
-        tokens += context if window is None else min(context, window - 1)
-    return 2 * batch * kv_heads * head_dim * tokens * torch.empty((), dtype=dtype).element_size()
+        window = _window(text, i)
+        numbers += costs[i].kv_per_token * (context if window is None else min(context, window - 1))
+    return batch * numbers * torch.empty((), dtype=dtype).element_size()
 
 
 def cache_bytes(cache) -> int:
@@ -262,7 +327,7 @@ def speed_sweep(loaded: LoadedModel, scores: dict, method: str, granularity: str
     random prompt. Speedups are relative to K = 0; the expected ones come from :func:`run_flops` on the dense config.
     """
     order = drop_order(scores, method, granularity, protect)
-    num_layers = len(adapters.decoder_layers(loaded.model))
+    num_layers = len(decoder_layers(loaded.model))
     if getattr(loaded.model, "companion_pruning", None) is not None:
         raise CompanionError("the speed sweep needs the dense model, not a pruned checkpoint")
     if order.num_layers != num_layers:
@@ -270,7 +335,7 @@ def speed_sweep(loaded: LoadedModel, scores: dict, method: str, granularity: str
     sets = {k: order.drop_set(k) for k in sorted(set(drops) | {0})}
     if granularity == "layer" and max(len(s) for s in sets.values()) >= num_layers:
         raise CompanionError(f"cannot drop all {num_layers} layers")
-    config = adapters.text_config(loaded.model)
+    config = text_config(loaded.model)
     ids = make_prompt(config.vocab_size, prompt_len, batch_size, seed)
     context = prompt_len + new_tokens - 1
     work = copy.deepcopy(loaded.model)

@@ -35,7 +35,7 @@ from companion.method import criteria
 from companion.method.calibration import Documents, Windows, sample_windows
 from companion.method.estimators import rms
 from companion.method.orders import protected_layers
-from companion.model import adapters
+from companion.model import adapters, layouts
 from companion.model.loading import LoadedModel
 from companion.names import GRANULARITIES
 from companion.provenance import environment, timestamp
@@ -125,13 +125,23 @@ class _Recorder:
         self._similarity("layer", index, self.inputs.pop(index), hidden)
 
     def attach(self, model: torch.nn.Module) -> list:
+        """Hooks for the three points of every layer; where the mid point is read depends on the layer's
+        layout (:mod:`companion.model.layouts`): the input of the module opening the MLP sub-layer, or,
+        in parallel blocks, the layer input plus the attention's output."""
         handles = []
-        for i, layer in enumerate(adapters.decoder_layers(model)):
+        layers = adapters.decoder_layers(model)
+        for i, (layer, blocks) in enumerate(zip(layers, layouts.layer_blocks(model))):
             handles.append(layer.register_forward_pre_hook(
                 lambda _m, args, kwargs, i=i: self.layer_input(i, args[0] if args else kwargs["hidden_states"]),
                 with_kwargs=True))
-            handles.append(adapters.post_attention_module(model, layer).register_forward_pre_hook(
-                lambda _m, args, i=i: self.layer_mid(i, args[0])))
+            if blocks.mid_module is not None:
+                handles.append(getattr(layer, blocks.mid_module).register_forward_pre_hook(
+                    lambda _m, args, kwargs, i=i: self.layer_mid(i, args[0] if args else kwargs["hidden_states"]),
+                    with_kwargs=True))
+            else:
+                handles.append(getattr(layer, blocks.attn).register_forward_hook(
+                    lambda _m, _args, out, i=i: self.layer_mid(
+                        i, self.inputs[i] + (out if torch.is_tensor(out) else out[0]))))
             handles.append(layer.register_forward_hook(
                 lambda _m, _args, out, i=i: self.layer_output(i, out if torch.is_tensor(out) else out[0])))
         return handles

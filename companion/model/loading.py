@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,22 @@ from transformers import (
 from companion.errors import CompanionError
 from companion.hub import hub_reachable
 from companion.io import atomic_write_json, sha256_file
-from companion.model.adapters import decoder_layers, family_of
 from companion.model.checkpoints import read_manifest
 from companion.model.embedded import EMBEDDED_MODELS, embedded_model
+from companion.model.layouts import (
+    FAMILIES,
+    config_text,
+    count_parameters,
+    decoder_layers,
+    layer_blocks,
+    layouts_of,
+    text_config,
+)
 from companion.model.surgery import apply_pruning
 from companion.paths import cache_dir
 
 DEFAULT_MODEL = "gemma-3-270m"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +65,7 @@ class LoadedModel:
             "source": self.source,
             "revision": Path(self.path).name if self.source == "hub" else None,
             "model_type": self.model.config.model_type,
-            "num_layers": self.model.config.get_text_config().num_hidden_layers,
+            "num_layers": text_config(self.model).num_hidden_layers,
             "parameters": parameter_counts(self.model),
             "fingerprint": checkpoint_fingerprint(self.path) if Path(self.path).is_dir() else None,
             "device": self.device.type,
@@ -65,9 +75,9 @@ class LoadedModel:
 
 def parameter_counts(model: PreTrainedModel) -> dict[str, int]:
     """Parameters of the whole model (tied weights once), of its input embeddings and of its first decoder layer."""
-    return {"total": sum(p.numel() for p in model.parameters()),
+    return {"total": count_parameters(model),
             "embedding": model.get_input_embeddings().weight.numel(),
-            "layer": sum(p.numel() for p in decoder_layers(model)[0].parameters())}
+            "layer": count_parameters(decoder_layers(model)[0])}
 
 
 def portable_spec(spec: str) -> str:
@@ -183,7 +193,7 @@ def model_num_layers(spec: str) -> int | None:
         config = AutoConfig.from_pretrained(target, local_files_only=source == "hub" and not hub_reachable())
     except (OSError, ValueError):
         return None
-    return config.get_text_config().num_hidden_layers
+    return config_text(config).num_hidden_layers
 
 
 def _locate(spec: str) -> tuple[str, str]:
@@ -225,7 +235,10 @@ def load_model(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "au
         from huggingface_hub import snapshot_download
 
         target = snapshot_download(spec, local_files_only=True)
-    family_of(model)
+    layer_blocks(model)
+    if text_config(model).model_type not in FAMILIES:
+        logger.warning("%s: layout %s detected, but this model type is not among the tested families",
+                       model.config.model_type, ", ".join(layouts_of(model)))
     model.eval()
     if torch_device.type == "cpu":
         model.to(torch_device)

@@ -82,6 +82,24 @@ def prune_to_folder(model: str, device: str, dtype: str, pruning, source: dict, 
     return report
 
 
+def describe(model: str, device: str, dtype: str) -> dict:
+    """A model in numbers: provenance, block layouts, attention and MoE layers, prunable attention blocks,
+    parameters (all and active per token) and the pruning it carries."""
+    from companion.model.layouts import active_parameters, layer_blocks, layouts_of, prunable, text_config
+    from companion.model.loading import load_model
+    from companion.model.surgery import count_parameters
+
+    loaded = load_model(model, device, dtype)
+    config = text_config(loaded.model)
+    blocks = layer_blocks(loaded.model)
+    pruning = getattr(loaded.model, "companion_pruning", None)
+    return {**loaded.provenance(), "layouts": layouts_of(loaded.model), "hidden_size": config.hidden_size,
+            "attention_layers": sum(b.attention for b in blocks), "moe_layers": sum(b.moe for b in blocks),
+            "prunable_attn": prunable(loaded.model, "attn"), "parameters": count_parameters(loaded.model),
+            "active_parameters": active_parameters(loaded.model, config),
+            "pruning": None if pruning is None else {"granularity": pruning.granularity, "layers": pruning.layers}}
+
+
 def evaluate_model(model: str, device: str, dtype: str, settings, pruning=None, out: str | Path | None = None
                    ) -> list[dict]:
     """Evaluate ``model`` (pruned by ``pruning`` first, or as its own manifest says) on ``settings``'
