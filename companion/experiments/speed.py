@@ -396,6 +396,15 @@ def speed_key(identity: dict, scores: dict, settings: Mapping) -> dict:
             "scores": scores.get("key_sha256"), "settings": dict(settings), "numerics": store.numerics()}
 
 
+def speed_runs(loaded: LoadedModel, scores: dict, settings: Mapping) -> list[dict]:
+    """:func:`speed_sweep` at every granularity of ``settings`` (``method``, ``protect``, ``granularities``,
+    ``drops`` and the measurement: ``prompt_len``, ``new_tokens``, ``batch_size``, ``warmup``, ``repeats``)."""
+    measure = {k: settings[k] for k in ("prompt_len", "new_tokens", "batch_size", "warmup", "repeats")}
+    return [row for granularity in settings["granularities"]
+            for row in speed_sweep(loaded, scores, settings["method"], granularity, settings["drops"],
+                                   settings["protect"], **measure)]
+
+
 def speed_content(rows: list[dict], settings: dict) -> dict:
     """The content of a ``speed.json`` (schema, time, environment, ``settings``, ``rows``), without its key."""
     return {"schema": SCHEMA, "created": timestamp(), "environment": environment(), "settings": settings, "rows": rows}

@@ -135,7 +135,7 @@ def eval_settings(config: RunConfig, fast: bool = True, progress: bool = True):
 def speed_to_file(model: str, device: str, dtype: str, scores_path: str | Path, method: str, protect: str,
                   granularities: list[str], drops: list[int], measure: dict, out: str | Path) -> list[dict]:
     """Time the drop orders of ``method`` at ``granularities``; writes ``out`` (JSON and a CSV beside it)."""
-    from companion.experiments.speed import speed_key, speed_sweep, write_speed
+    from companion.experiments.speed import speed_key, speed_runs, write_speed
     from companion.method.scoring import read_scores
     from companion.model.loading import load_model
 
@@ -143,8 +143,7 @@ def speed_to_file(model: str, device: str, dtype: str, scores_path: str | Path, 
     scores = read_scores(scores_path)
     drops = sorted(set(drops) | {0})
     settings = {"method": method, "protect": protect, "granularities": granularities, "drops": drops, **measure}
-    rows = [row for granularity in granularities
-            for row in speed_sweep(loaded, scores, method, granularity, drops, protect, **measure)]
+    rows = speed_runs(loaded, scores, settings)
     write_speed(rows, out, {"model": loaded.provenance(), "scores": file_ref(scores_path), **settings},
                 speed_key(loaded.identity(), scores, settings))
     return rows

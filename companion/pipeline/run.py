@@ -305,7 +305,7 @@ def ensure_speed(run: Run, scores: dict, method: str = "knn",
                  granularities: Sequence[str] = ("attn", "layer")) -> pd.DataFrame:
     """Speed rows of ``method``'s drop orders at ``granularities``: reused from ``speed.json`` when measured
     for the same key (model, machine, scores, settings), otherwise measured (the slow part) and written."""
-    from companion.experiments.speed import speed_content, speed_key, speed_sweep, write_speed_csv
+    from companion.experiments.speed import speed_content, speed_key, speed_runs, write_speed_csv
 
     settings = run.speed_settings(method, granularities)
     identity = run.identity() or run.loaded().identity()  # a Hub model not on disk is loaded to know it
@@ -313,9 +313,7 @@ def ensure_speed(run: Run, scores: dict, method: str = "knn",
 
     def compute() -> dict:
         loaded = run.loaded()
-        measure = {k: settings[k] for k in ("prompt_len", "new_tokens", "batch_size", "warmup", "repeats")}
-        rows = [row for g in granularities
-                for row in speed_sweep(loaded, scores, method, g, settings["drops"], run.protect, **measure)]
+        rows = speed_runs(loaded, scores, settings)
         write_speed_csv(rows, path.with_suffix(".csv"))
         return speed_content(rows, {"model": loaded.provenance(), **settings})
 
