@@ -253,8 +253,8 @@ def ensure_sweep(run: Run, calibration: str | None = None, progress: bool = Fals
     """The sweep table of ``run`` on ``calibration`` (each evaluation is itself reused when stored)."""
     from companion.experiments.sweep import run_sweep
 
-    sweep = run_sweep(run.loaded, run.sweep_settings(calibration), run.eval_settings(progress), run.out_dir,
-                      run.identity(), progress=progress)
+    sweep = run_sweep(run.loaded, run.sweep_settings(calibration), run.eval_settings(), run.out_dir,
+                      run.identity(), progress=progress)  # one progress bar: the sweep's, none of lm-eval's
     return sweep_frame(sweep["rows"])
 
 
