@@ -76,7 +76,7 @@ def test_identical_prunings_give_zero_and_p_one():
     a = accuracy_rows(np.random.default_rng(2), 100, 0.6)
     result = cmp.paired_accuracy(a, a.assign(method="cosine"), TASKS)
     assert (result["diff"], result["ci_low"], result["ci_high"], result["p_value"]) == (0, 0, 0, 1.0)
-    assert "tie" not in cmp.verdict({**result, "metric": "accuracy"}, "knn", "cosine")
+    assert cmp.paired_verdict({**result, "metric": "accuracy"}, "knn", "cosine").category != "not_measured"
 
 
 def test_a_clear_difference_is_detected_either_way_round():
@@ -87,7 +87,8 @@ def test_a_clear_difference_is_detected_either_way_round():
     a, b = rows(a_values), rows(b_values, method="cosine")
     forward = {**cmp.paired_accuracy(a, b, ["piqa"]), "metric": "accuracy"}
     assert forward["ci_low"] > 0 and forward["diff"] == pytest.approx(30)
-    assert cmp.verdict(forward, "knn", "cosine").startswith("knn ahead by 30.0 points (95 % CI ")
+    ahead = cmp.paired_verdict(forward, "knn", "cosine")
+    assert ahead.category == "a_ahead" and ahead.numbers["diff"] == pytest.approx(30.0)
     backward = {**cmp.paired_accuracy(b, a, ["piqa"]), "metric": "accuracy"}
     assert backward["ci_high"] < 0
     text = cmp.verdict(backward, "cosine", "knn")
@@ -129,7 +130,7 @@ def test_perplexity_edge_cases():
     single = cmp.paired_perplexity(ppl_rows(np.array([3.0]), np.array([1.0])),
                                    ppl_rows(np.array([4.0]), np.array([1.0]), "cosine"))
     assert single["diff"] == pytest.approx(-1.0) and math.isnan(single["ci_low"]) and math.isnan(single["p_value"])
-    assert cmp.verdict({**single, "metric": "perplexity"}, "knn", "cosine") == "not measured"
+    assert cmp.paired_verdict({**single, "metric": "perplexity"}, "knn", "cosine").category == "not_measured"
 
 
 def test_comparisons_table():
@@ -157,18 +158,24 @@ def test_comparisons_table():
     assert cmp.comparisons(examples, pairs=[("knn", "renyi")]).empty
 
 
-def test_verdict_texts():
+def test_verdict_categories_and_numbers():
     base = {"metric": "accuracy", "diff": 1.0, "ci_low": -0.5, "ci_high": 2.5, "mdd": 3.0}
-    assert cmp.verdict(base, "knn", "cosine") == ("no detectable difference: the 95 % CI is -0.5 to 2.5 points "
-                                                  "(the run could detect about 3.0)")
-    assert cmp.verdict({**base, "diff": math.nan}, "knn", "cosine") == "not measured"
+    none = cmp.paired_verdict(base, "knn", "cosine")
+    assert none.category == "not_detected" and none.numbers["mdd"] == 3.0 and none.numbers["ci_low"] == -0.5
+    assert cmp.paired_verdict({**base, "diff": math.nan}, "knn", "cosine").category == "not_measured"
+    assert cmp.paired_verdict({**base, "ci_low": 0.5}, "knn", "cosine").category == "a_ahead"
+    assert cmp.paired_verdict({**base, "diff": -1.0, "ci_high": -0.2}, "knn", "cosine").category == "b_ahead"
+    same = {**base, "diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    assert cmp.paired_verdict(same, "knn", "cosine").category == "identical"
     ppl = {"metric": "perplexity", "diff": 0.01, "ci_low": -0.02, "ci_high": 0.04, "mdd": 0.05}
-    assert cmp.verdict(ppl, "knn", "cosine").startswith("no detectable difference: the 95 % CI of the perplexity "
-                                                         "ratio knn/cosine is 0.98 to 1.04")
-    assert cmp.verdict({**ppl, "diff": 0.2, "ci_low": 0.1}, "knn", "cosine").startswith("cosine has 18% lower")
+    assert cmp.paired_verdict(ppl, "knn", "cosine").category == "not_detected"
+    worse = cmp.paired_verdict({**ppl, "diff": 0.2, "ci_low": 0.1}, "knn", "cosine")  # log(knn / cosine) > 0
+    assert worse.category == "b_ahead" and worse.numbers["lower"] == pytest.approx(1 - math.exp(-0.2))
+    assert cmp.verdict(base, "knn", "cosine") == none.text
     for diff in np.linspace(-3, 3, 13):
         for row in (base, ppl):
-            assert "tie" not in cmp.verdict({**row, "diff": diff, "ci_low": diff - 1, "ci_high": diff + 1}, "a", "b")
+            category = cmp.paired_verdict({**row, "diff": diff, "ci_low": diff - 1, "ci_high": diff + 1}, "a", "b").category
+            assert category in {"a_ahead", "b_ahead", "not_detected", "identical"}
 
 
 def test_holm_and_chance():

@@ -27,7 +27,7 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from companion.analysis.verdicts import is_missing
+from companion.analysis.verdicts import Verdict, is_missing
 from companion.method import criteria
 from companion.names import CHANCE, PERPLEXITY_TASK, primary_metric
 
@@ -231,24 +231,47 @@ def rank_correlation(truth: np.ndarray, criterion: np.ndarray, confidence: float
 
 # ---------------------------------------------------------------- reading the results
 
-def verdict(row: Mapping[str, Any], name_a: str, name_b: str, unit: str = "points", confidence: float = 0.95) -> str:
-    """One sentence from a :func:`comparisons` row: who is ahead and by how much if the interval
-    excludes 0, else that no difference was detectable, with the interval and the detectable size.
-    Perplexity rows speak of ratios. ``"not measured"`` if the difference or its interval is missing."""
+def paired_verdict(row: Mapping[str, Any], name_a: str, name_b: str, unit: str = "points",
+                   confidence: float = 0.95) -> Verdict:
+    """The verdict of a :func:`comparisons` row: who is ahead and by how much if the interval excludes 0,
+    else that no difference was detectable, with the interval and the detectable size.
+
+    Categories: ``a_ahead``, ``b_ahead``, ``not_detected``, ``identical`` (the same result on every paired
+    example) and ``not_measured`` (the difference or its interval is missing). Numbers: ``diff``,
+    ``ci_low``, ``ci_high``, ``mdd`` as in the row (perplexity rows: log ratios a / b), and for
+    perplexity ``lower`` (the winner's relative perplexity reduction) where one is ahead.
+    """
     diff, low, high, mdd = (row.get(key) for key in ("diff", "ci_low", "ci_high", "mdd"))
     if any(map(is_missing, (diff, low, high))):
-        return "not measured"
+        return Verdict("not_measured", "not measured")
+    numbers = {"diff": diff, "ci_low": low, "ci_high": high, "mdd": mdd}
     level = f"{confidence:.0%}".replace("%", " %")
     if low == high == diff == 0:
-        return "no difference: identical results on every paired example"
-    if row.get("metric") == "perplexity":
-        return _perplexity_verdict(diff, low, high, mdd, name_a, name_b, level)
+        return Verdict("identical", "no difference: identical results on every paired example", numbers)
+    perplexity = row.get("metric") == "perplexity"
     if low > 0 or high < 0:
-        sign, winner = (1, name_a) if low > 0 else (-1, name_b)
+        a_ahead = high < 0 if perplexity else low > 0
+        sign, winner = (1, name_a) if a_ahead else (-1, name_b)
+        category = "a_ahead" if a_ahead else "b_ahead"
+        if perplexity:
+            lo, hi = sorted(1 - math.exp(sign * bound) for bound in (low, high))
+            lower = 1 - math.exp(sign * diff)
+            text = f"{winner} has {lower:.0%} lower perplexity ({level} CI {lo:.0%} to {hi:.0%})"
+            return Verdict(category, text, {**numbers, "lower": lower})
         lo, hi = sorted((sign * low, sign * high))
-        return f"{winner} ahead by {abs(diff):.1f} {unit} ({level} CI {lo:.1f} to {hi:.1f})"
-    return (f"no detectable difference: the {level} CI is {low:.1f} to {high:.1f} {unit}"
-            + _detectable(mdd, f"{mdd:.1f}"))
+        return Verdict(category, f"{winner} ahead by {abs(diff):.1f} {unit} ({level} CI {lo:.1f} to {hi:.1f})", numbers)
+    if perplexity:
+        text = (f"no detectable difference: the {level} CI of the perplexity ratio {name_a}/{name_b} is "
+                f"{math.exp(low):.2f} to {math.exp(high):.2f}" + _detectable(mdd, f"{math.expm1(mdd):.0%}"))
+    else:
+        text = (f"no detectable difference: the {level} CI is {low:.1f} to {high:.1f} {unit}"
+                + _detectable(mdd, f"{mdd:.1f}"))
+    return Verdict("not_detected", text, numbers)
+
+
+def verdict(row: Mapping[str, Any], name_a: str, name_b: str, unit: str = "points", confidence: float = 0.95) -> str:
+    """The sentence of :func:`paired_verdict`."""
+    return paired_verdict(row, name_a, name_b, unit, confidence).text
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -385,17 +408,6 @@ def _compare(a: pd.DataFrame, b: pd.DataFrame, pooled: bool, confidence: float, 
     if PERPLEXITY_TASK in shared:
         results["perplexity"] = paired_perplexity(a, b, **options)
     return [(metric, result) for metric, result in results.items() if result["n"]]
-
-
-def _perplexity_verdict(diff: float, low: float, high: float, mdd: float, name_a: str, name_b: str,
-                        level: str) -> str:
-    """:func:`verdict` for a log perplexity ratio ``a / b``."""
-    if low > 0 or high < 0:
-        sign, winner = (1, name_a) if high < 0 else (-1, name_b)
-        lo, hi = sorted(1 - math.exp(sign * bound) for bound in (low, high))
-        return f"{winner} has {1 - math.exp(sign * diff):.0%} lower perplexity ({level} CI {lo:.0%} to {hi:.0%})"
-    return (f"no detectable difference: the {level} CI of the perplexity ratio {name_a}/{name_b} is "
-            f"{math.exp(low):.2f} to {math.exp(high):.2f}" + _detectable(mdd, f"{math.expm1(mdd):.0%}"))
 
 
 def _detectable(mdd: float, text: str) -> str:
