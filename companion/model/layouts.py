@@ -239,17 +239,15 @@ def layer_blocks(model: nn.Module) -> list[Blocks]:
     config = text_config(model)
     if getattr(model.config, "is_encoder_decoder", False):
         raise _refusal(model, "encoder-decoder")
-    blocks = []
     stack = decoder(model)
-    if not any("attention" in type(module).__name__.lower() for module in stack.modules()):
-        raise _refusal(model, "state-space")
-    for layer in getattr(stack, _layer_list(stack)):
-        found = layer.__dict__.get("companion_blocks")
-        if found is None:
-            found = _detect(layer, config)
-            layer.__dict__["companion_blocks"] = found
-        blocks.append(found)
-    return blocks
+    layers = getattr(stack, _layer_list(stack))
+    if any("companion_blocks" not in layer.__dict__ for layer in layers):
+        if not any("attention" in type(module).__name__.lower() for module in stack.modules()):
+            raise _refusal(model, "state-space")
+        for layer in layers:
+            if "companion_blocks" not in layer.__dict__:
+                layer.__dict__["companion_blocks"] = _detect(layer, config)
+    return [layer.__dict__["companion_blocks"] for layer in layers]
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
