@@ -154,6 +154,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+
 def _eval_settings(args: argparse.Namespace, prof: dict):
     from companion.experiments.evaluation import EvalSettings
 
@@ -214,13 +215,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import functools
 
     from companion.experiments import plan as planning
-    from companion.experiments.sweep import (
-        fit_drops,
-        model_drops,
-        profile_sweep,
-        run_sweep,
-        sweep_path,
-    )
+    from companion.experiments.sweep import fit_drops, model_drops, profile_sweep, run_sweep, sweep_path
     from companion.method.calibration import check_available, parse_calibration
     from companion.model.loading import load_model, model_identity
 

@@ -11,7 +11,7 @@ if _SHARED_DATA.is_dir():
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import pytest
+import pytest  # noqa: E402  (the variables above must be set before transformers is imported)
 import torch
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers

@@ -27,14 +27,9 @@ from companion import store
 from companion.errors import CompanionError
 from companion.method.calibration import Documents, Windows, sample_windows
 from companion.method.estimators import SIMILARITY_SCORES, entropy_estimator, rms
-from companion.model import adapters, layouts
+from companion.model import adapters
 from companion.model.loading import LoadedModel
-from companion.names import (
-    ALL_ENTROPY_METHODS,
-    DIAGNOSTIC_ENTROPY_METHODS,
-    GRANULARITIES,
-    SIMILARITY_METHODS,
-)
+from companion.names import ALL_ENTROPY_METHODS, DIAGNOSTIC_ENTROPY_METHODS, GRANULARITIES, SIMILARITY_METHODS
 from companion.provenance import environment, timestamp
 
 SCHEMA = "companion.scores/3"
@@ -108,7 +103,7 @@ class _Recorder:
         in parallel blocks, the layer input plus the attention's output."""
         handles = []
         layers = adapters.decoder_layers(model)
-        for i, (layer, blocks) in enumerate(zip(layers, layouts.layer_blocks(model))):
+        for i, (layer, blocks) in enumerate(zip(layers, adapters.layer_blocks(model))):
             handles.append(layer.register_forward_pre_hook(
                 lambda _m, args, kwargs, i=i: self.layer_input(i, args[0] if args else kwargs["hidden_states"]),
                 with_kwargs=True))
