@@ -11,7 +11,7 @@ if _SHARED_DATA.is_dir():
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import pytest
+import pytest  # noqa: E402  (the variables above must be set before transformers is imported)
 import torch
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -50,7 +50,8 @@ TINY_FAMILIES: dict[str, dict] = {
     "llama": {}, "mistral": {"sliding_window": 4}, "ministral": _SLIDING, "ministral3": {}, "qwen2": {},
     "qwen3": {}, "phi3": {}, "smollm3": {"no_rope_layers": [1, 1, 1, 0]}, "glm": {}, "gemma": {},
     "granite": {"residual_multiplier": 0.5, "embedding_multiplier": 2.0}, "helium": {}, "arcee": {},
-    "apertus": {}, "nanochat": {}, "nemotron": {}, "olmo": {}, "starcoder2": {}, "stablelm": {},
+    "apertus": {}, "nanochat": {}, "nemotron": {}, "olmo": {}, "starcoder2": {}, "stablelm": {}, "iquestcoder": {}, "granite_swa": _SLIDING, "apertus1p5_text": {},
+    "doge": {}, "codegen": {"rotary_dim": 4},
     "persimmon": {}, "jais2": {}, "seed_oss": {}, "exaone": {}, "internlm3": {}, "ernie4_5": {},
     "hunyuan_v1_dense": {}, "cwm": {}, "bitnet": {}, "vaultgemma": {},
     # pre-norm, mixture of experts
@@ -61,7 +62,12 @@ TINY_FAMILIES: dict[str, dict] = {
     "first_k_dense_replace": 1}, "glm4_moe": {**_MOE, **_SHARED, "first_k_dense_replace": 1, "n_group": 1,
     "topk_group": 1}, "dots1": {**_MOE, **_SHARED, "first_k_dense_replace": 1, "n_group": 1, "topk_group": 1},
     "llama4_text": {**_MOE, "intermediate_size_mlp": 64, "interleave_moe_layer_step": 2},
-    "minimax_m2": _MOE, "ernie4_5_moe": {**_MOE, "moe_num_experts": 4, "moe_k": 2},
+    "minimax_m2": _MOE, "granitemoe_swa": {**_MOE, **_SLIDING}, "mellum": _MOE, "solar_open": {**_MOE, **_SHARED},
+    "laguna": {**_MOE, "first_k_dense_replace": 1}, "flint": _MOE, "hy_v3": {**_MOE, **_SHARED},
+    "minicpm5_moe": {**_MOE, **_SHARED}, "mimo_v2_flash": _MOE, "param2moe": {**_MOE, **_SHARED},
+    "sarvam_moe": {**_MOE, **_SHARED}, "aria_text": {**_MOE, **_SHARED},
+    "qwen3_5_moe_text": {**_MOE, **_SHARED, **_LINEAR},
+    "lfm3": {"layer_types": ["conv", "full_attention"] * 2}, "kolibri1": _MOE, "ernie4_5_moe": {**_MOE, "moe_num_experts": 4, "moe_k": 2},
     "hunyuan_v1_moe": {**_MOE, "moe_topk": 2}, "exaone_moe": {**_MOE, **_SHARED},
     # sandwich norms
     "gemma2": _SLIDING, "gemma3_text": _SLIDING, "gemma3": {**_SLIDING, "vision_config": dict(

@@ -131,7 +131,7 @@ def _requests() -> list[Instance]:
     return [Instance(request_type="loglikelihood", doc={}, arguments=pair, idx=i) for i, pair in enumerate(pairs)]
 
 
-STOCK_SCORED = {"deepseek_v2", "deepseek_v3", "lfm2", "qwen3_5_text", "qwen3_next"}
+STOCK_SCORED = {"deepseek_v2", "deepseek_v3", "lfm2", "lfm3", "qwen3_5_moe_text", "qwen3_5_text", "qwen3_next"}
 """Families FastHFLM's probe sends to stock scoring: two-pass scoring with a shared context does not give
 their one-pass logits (linear-attention and convolution states, multi-head latent attention's cache)."""
 
@@ -188,7 +188,7 @@ def test_layer_pruning_reloads_in_plain_transformers_and_generates(model, tmp_pa
 
 
 REFUSED_EXAMPLES = {"mamba": {}, "falcon_mamba": {}, "nemotron_h": {}, "gpt2": {}, "opt": {}, "bart": {},
-                    "xglm": {}, "rwkv": {}}
+                    "xglm": {}, "rwkv": {}, "bloom": {}}
 
 
 def _refusals() -> dict[str, str]:

@@ -130,7 +130,7 @@ class _Recorder:
         in parallel blocks, the layer input plus the attention's output."""
         handles = []
         layers = adapters.decoder_layers(model)
-        for i, (layer, blocks) in enumerate(zip(layers, layouts.layer_blocks(model))):
+        for i, (layer, blocks) in enumerate(zip(layers, adapters.layer_blocks(model))):
             handles.append(layer.register_forward_pre_hook(
                 lambda _m, args, kwargs, i=i: self.layer_input(i, args[0] if args else kwargs["hidden_states"]),
                 with_kwargs=True))

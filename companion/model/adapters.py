@@ -17,7 +17,7 @@ from companion.model.layouts import (
     text_config,
 )
 
-__all__ = ["Blocks", "decoder", "decoder_layers", "family_of", "text_config"]
+__all__ = ["Blocks", "decoder", "decoder_layers", "family_of", "layer_blocks", "text_config"]
 
 
 def family_of(model: nn.Module) -> Blocks:

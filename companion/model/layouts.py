@@ -26,6 +26,7 @@ layer (state-space-only models, encoder-decoders, one sub-layer per layer) is re
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -107,14 +108,16 @@ OVERRIDES: dict[str, str] = {}
 """``model_type`` -> layout name, for a model whose layout the norm names alone do not tell."""
 
 FAMILIES: tuple[str, ...] = (
-    "apertus", "arcee", "bitnet", "cohere", "cohere2", "cohere2_moe", "cwm", "deepseek_v2", "deepseek_v3",
-    "dots1", "ernie4_5", "ernie4_5_moe", "exaone", "exaone4", "exaone_moe", "falcon", "flex_olmo", "gemma",
-    "gemma2", "gemma3", "gemma3_text", "gemma4_text", "glm", "glm4", "glm4_moe", "gpt_neox", "gpt_oss", "gptj",
-    "granite", "granitemoe", "granitemoeshared", "helium", "hunyuan_v1_dense", "hunyuan_v1_moe", "hyperclovax",
-    "internlm3", "jais2", "lfm2", "llama", "llama4_text", "minimax_m2", "ministral", "ministral3", "mistral",
-    "mixtral", "nanochat", "nemotron", "olmo", "olmo2", "olmo3", "olmoe", "persimmon", "phi", "phi3", "phimoe",
-    "qwen2", "qwen2_moe", "qwen3", "qwen3_5_text", "qwen3_moe", "qwen3_next", "seed_oss", "smollm3",
-    "stablelm", "starcoder2", "vaultgemma",
+    "apertus", "apertus1p5_text", "arcee", "aria_text", "bitnet", "codegen", "cohere", "cohere2", "cohere2_moe",
+    "cwm", "deepseek_v2", "deepseek_v3", "doge", "dots1", "ernie4_5", "ernie4_5_moe", "exaone", "exaone4",
+    "exaone_moe", "falcon", "flex_olmo", "flint", "gemma", "gemma2", "gemma3", "gemma3_text", "gemma4_text", "glm",
+    "glm4", "glm4_moe", "gpt_neox", "gpt_oss", "gptj", "granite", "granite_swa", "granitemoe", "granitemoe_swa",
+    "granitemoeshared", "helium", "hunyuan_v1_dense", "hunyuan_v1_moe", "hy_v3", "hyperclovax", "internlm3",
+    "iquestcoder", "jais2", "kolibri1", "laguna", "lfm2", "lfm3", "llama", "llama4_text", "mellum", "mimo_v2_flash",
+    "minicpm5_moe", "minimax_m2", "ministral", "ministral3", "mistral", "mixtral", "nanochat", "nemotron", "olmo",
+    "olmo2", "olmo3", "olmoe", "param2moe", "persimmon", "phi", "phi3", "phimoe", "qwen2", "qwen2_moe", "qwen3",
+    "qwen3_5_moe_text", "qwen3_5_text", "qwen3_moe", "qwen3_next", "sarvam_moe", "seed_oss", "smollm3",
+    "solar_open", "stablelm", "starcoder2", "vaultgemma",
 )
 """The ``model_type`` values tested end to end (tests/test_families.py builds a small one of each)."""
 
@@ -129,6 +132,7 @@ REFUSED: dict[str, str] = {
     "state-space": "a state-space model without attention (no attention block to score or drop)",
     "no-layers": "its decoder layers have no separate attention and MLP modules (an inline fc1/fc2 MLP, or no layer list)",
     "one-sublayer": "each decoder layer holds a single sub-layer (no residual point between attention and MLP)",
+    "inner-residual": "its attention or MLP module adds the residual itself (no sub-layer output to drop)",
 }
 
 
@@ -215,6 +219,8 @@ def _detect(layer: nn.Module, config) -> Blocks:
     if mixer is None or mlp is None:
         raise _unsupported(getattr(config, "model_type", "?"), REFUSED["one-sublayer" if "mixer" in children
                                                                          else "no-layers"])
+    if any("residual" in inspect.signature(children[name].forward).parameters for name in (mixer, mlp)):
+        raise _unsupported(getattr(config, "model_type", "?"), REFUSED["inner-residual"])
     norms = frozenset(name for name, child in children.items() if _is_norm(child) and name not in EXTRAS)
     forced = OVERRIDES.get(getattr(config, "model_type", ""))
     candidates = [LAYOUTS[forced]] if forced else sorted(LAYOUTS.values(), key=lambda lay: not lay.parallel)
@@ -239,17 +245,15 @@ def layer_blocks(model: nn.Module) -> list[Blocks]:
     config = text_config(model)
     if getattr(model.config, "is_encoder_decoder", False):
         raise _refusal(model, "encoder-decoder")
-    blocks = []
     stack = decoder(model)
-    if not any("attention" in type(module).__name__.lower() for module in stack.modules()):
-        raise _refusal(model, "state-space")
-    for layer in getattr(stack, _layer_list(stack)):
-        found = layer.__dict__.get("companion_blocks")
-        if found is None:
-            found = _detect(layer, config)
-            layer.__dict__["companion_blocks"] = found
-        blocks.append(found)
-    return blocks
+    layers = getattr(stack, _layer_list(stack))
+    if any("companion_blocks" not in layer.__dict__ for layer in layers):
+        if not any("attention" in type(module).__name__.lower() for module in stack.modules()):
+            raise _refusal(model, "state-space")
+        for layer in layers:
+            if "companion_blocks" not in layer.__dict__:
+                layer.__dict__["companion_blocks"] = _detect(layer, config)
+    return [layer.__dict__["companion_blocks"] for layer in layers]
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
