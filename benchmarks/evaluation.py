@@ -27,7 +27,7 @@ from companion.experiments import EVAL_BATCH_SIZE
 from companion.experiments.evaluation import task_manager_for
 from companion.experiments.fastlm import FastHFLM, make_lm
 from companion.hub import hub_reachable
-from companion.model.adapters import decoder_layers
+from companion.model.layouts import decoder_layers
 from companion.model.loading import DEFAULT_MODEL, load_model
 from companion.pipeline.config import PROFILES
 

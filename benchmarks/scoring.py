@@ -68,7 +68,7 @@ def load(args: argparse.Namespace):
 
 def worker(args: argparse.Namespace) -> dict:
     from companion.method.scoring import ScoreSettings, collect
-    from companion.model import adapters
+    from companion.model import layouts
 
     loaded, windows = load(args)
     device = next(loaded.model.parameters()).device
@@ -80,7 +80,7 @@ def worker(args: argparse.Namespace) -> dict:
                 module(input_ids=batch.to(device), use_cache=False)
 
     run = {"forward": lambda: forward(loaded.model),
-           "backbone": lambda: forward(adapters.decoder(loaded.model)),
+           "backbone": lambda: forward(layouts.decoder(loaded.model)),
            "score": lambda: collect(loaded, windows, settings, progress=False)}[args.worker]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from companion.experiments.yardstick import HELDOUT, heldout_windows, measure
 from companion.method.calibration import load_documents
-from companion.model.adapters import decoder_layers
+from companion.model.layouts import decoder_layers
 from companion.model.loading import load_model
 from companion.model.surgery import Pruning, temporarily_pruned
 from companion.names import GRANULARITIES

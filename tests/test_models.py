@@ -18,7 +18,7 @@ from companion.model.loading import (
     _locate,
     embedded_model_dir,
     load_model,
-    portable_spec,
+    model_label,
 )
 from companion.paths import cache_dir
 
@@ -70,7 +70,7 @@ def test_the_smollm2_gguf_is_found_inside_its_package_without_importing_it(tmp_p
 def test_an_embedded_spec_is_never_taken_for_a_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "smollm2-135m").mkdir()
-    assert portable_spec("smollm2-135m") == "smollm2-135m"
+    assert model_label("smollm2-135m") == "smollm2-135m"
     with pytest.raises(CompanionError, match="not an embedded model; those are gemma-3-270m, smollm2-135m"):
         embedded_model_dir("smollm2")
 

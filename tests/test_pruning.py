@@ -18,7 +18,7 @@ from companion.method.orders import (
     drop_order,
     parse_protect,
 )
-from companion.model import adapters, layouts
+from companion.model import layouts
 from companion.model.checkpoints import save_pruned
 from companion.model.loading import load_model
 from companion.model.surgery import (
@@ -86,10 +86,10 @@ def test_drop_order_sorts_ascending_with_ties_by_index_and_protects():
 def _zero_contributions(model, granularity: str, layers: list[int]):
     """Reference: the same model with the dropped sub-layers' output projections set to zero."""
     reference = copy.deepcopy(model)
-    family = adapters.family_of(reference)
+    family = layouts.layer_blocks(reference)[0]
     with torch.no_grad():
         for i in layers:
-            layer = adapters.decoder_layers(reference)[i]
+            layer = layouts.decoder_layers(reference)[i]
             module = getattr(layer, family.attn if granularity == "attn" else family.mlp)
             projection = module.o_proj if granularity == "attn" else module.down_proj
             projection.weight.zero_()
@@ -100,7 +100,7 @@ def _skip_layers(model, _granularity: str, layers: list[int]):
     """Reference: the same model whose dropped decoder layers return their input unchanged."""
     reference = copy.deepcopy(model)
     for i in layers:
-        adapters.decoder_layers(reference)[i].forward = lambda hidden_states, *a, **k: hidden_states
+        layouts.decoder_layers(reference)[i].forward = lambda hidden_states, *a, **k: hidden_states
     return reference
 
 
@@ -207,7 +207,7 @@ def test_pruning_on_top_of_a_pruning_composes_in_original_indices():
     report = apply_pruning(model, Pruning("attn", [2, 3]))  # dropping attention 2 again is a no-op
     assert model.companion_pruning == Pruning("attn", [0, 2, 3])
     assert report["params_after"] == count_parameters(model) < report["params_before"]
-    assert [isinstance(layer.self_attn, SkippedAttention) for layer in adapters.decoder_layers(model)] == [
+    assert [isinstance(layer.self_attn, SkippedAttention) for layer in layouts.decoder_layers(model)] == [
         True, False, True, True]
     apply_pruning(model, Pruning("mlp", []))  # nothing dropped: the pruning carried stays
     assert model.companion_pruning == Pruning("attn", [0, 2, 3])
@@ -240,7 +240,7 @@ def test_layer_removal_rewrites_per_layer_config_and_temporary_pruning_restores_
     from conftest import make_family_model
 
     model = make_family_model(name)
-    config = adapters.text_config(model)
+    config = layouts.text_config(model)
     before = config.to_dict()
     moe = [b.moe for b in layouts.layer_blocks(model)]
     with temporarily_pruned(model, Pruning("layer", [0, 2])):

@@ -14,7 +14,7 @@ from companion.errors import CompanionError
 from companion.method import criteria, estimators
 from companion.method.calibration import Documents, Windows
 from companion.method.scoring import ScoreSettings, collect, read_scores, score
-from companion.model import adapters
+from companion.model import layouts
 from companion.model.loading import LoadedModel
 
 SETTINGS = ScoreSettings(params={"knn": {"k": 3}, "bucket": {"bins": 5}, "renyi": {"alpha": 4.0}}, batch_size=3)
@@ -32,10 +32,10 @@ def _windows(samples: int = 5, seqlen: int = 12) -> Windows:
 
 def _reference_points(model, input_ids):
     """Layer inputs/outputs from plain hooks on the layers, post-attention residual as input + attention."""
-    family = adapters.family_of(model)
+    family = layouts.layer_blocks(model)[0]
     inputs, outputs, attn = {}, {}, {}
     handles = []
-    for i, layer in enumerate(adapters.decoder_layers(model)):
+    for i, layer in enumerate(layouts.decoder_layers(model)):
         handles.append(layer.register_forward_pre_hook(
             lambda m, a, k, i=i: inputs.__setitem__(i, (a[0] if a else k["hidden_states"]).clone()), with_kwargs=True))
         handles.append(layer.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o.clone())))
@@ -46,7 +46,7 @@ def _reference_points(model, input_ids):
     for h in handles:
         h.remove()
     mids = {}
-    for i, layer in enumerate(adapters.decoder_layers(model)):
+    for i, layer in enumerate(layouts.decoder_layers(model)):
         contribution = attn[i]
         if len(family.attn_norms) > 1:  # sandwich norm: the attention output is normed before the residual add
             contribution = getattr(layer, family.attn_norms[1])(contribution)
@@ -105,7 +105,7 @@ def test_scores_file_content(tmp_path):
     assert result["norms"]["rms"] == pytest.approx([sum(v) / len(v) for v in rms_boundary])
     counts = result["model"]["parameters"]
     assert counts["embedding"] == model.get_input_embeddings().weight.numel() < counts["total"]
-    assert counts["layer"] == sum(p.numel() for p in adapters.decoder_layers(model)[0].parameters())
+    assert counts["layer"] == sum(p.numel() for p in layouts.decoder_layers(model)[0].parameters())
     assert result["settings"]["params"]["knn_unit"] == {"k": 3}  # a diagnostic shares its estimator's parameters
     assert result["data"]["windows"] == [[i, 0] for i in range(5)]
     path = tmp_path / "scores.json"
@@ -133,7 +133,7 @@ def test_diagnostic_numbers_read_a_real_scores_file():
 def test_nan_hidden_states_are_reported():
     model = make_tiny_model("llama")
     with torch.no_grad():
-        adapters.decoder_layers(model)[2].mlp.down_proj.weight.fill_(float("nan"))
+        layouts.decoder_layers(model)[2].mlp.down_proj.weight.fill_(float("nan"))
     with pytest.raises(CompanionError, match="NaN or Inf.*dtype"):
         collect(_loaded(model), _windows(), SETTINGS, progress=False)
 

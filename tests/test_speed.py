@@ -22,7 +22,7 @@ from companion.experiments.speed import (
     write_speed,
 )
 from companion.method.orders import drop_order
-from companion.model import adapters
+from companion.model import layouts
 from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning, apply_pruning, count_parameters
 
@@ -86,8 +86,8 @@ def test_projection_flops_are_twice_the_weights(family, drops):
     pruned = copy.deepcopy(model)
     for granularity, layers in (drops or {}).items():
         apply_pruning(pruned, Pruning(granularity, layers))
-    names = adapters.family_of(model)
-    layers = adapters.decoder_layers(pruned)
+    names = layouts.layer_blocks(model)[0]
+    layers = layouts.decoder_layers(pruned)
     flops = forward_flops(model.config, 1, drops=drops)
     assert flops["attn_proj"] == 2 * _matrix_params(getattr(layer, names.attn) for layer in layers)
     assert flops["mlp"] == 2 * _matrix_params(getattr(layer, names.mlp) for layer in layers)
@@ -175,7 +175,7 @@ def test_speed_sweep_rows(family_name, granularity):
         assert [row["kv_cache_ratio"] for row in rows] == [1.0, 1.0, 1.0]
     else:
         assert rows[0]["kv_cache_ratio"] == 1.0 > rows[1]["kv_cache_ratio"] > rows[2]["kv_cache_ratio"]
-    assert count_parameters(loaded.model) == params and len(adapters.decoder_layers(loaded.model)) == 4
+    assert count_parameters(loaded.model) == params and len(layouts.decoder_layers(loaded.model)) == 4
 
 
 def test_speed_sweep_rejects_too_many_drops_and_pruned_models():

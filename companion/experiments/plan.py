@@ -203,10 +203,11 @@ def typical_length(plan: Plan) -> int:
 
 def flops_per_token(config, seqlen: int) -> float:
     """Forward FLOPs per token of ``config`` at sequence length ``seqlen``, the LM head on every position."""
-    from companion.experiments.speed import _text, forward_flops
+    from companion.experiments.speed import forward_flops
+    from companion.model.layouts import config_text
 
     flops = forward_flops(config, seqlen)
-    text = _text(config)
+    text = config_text(config)
     return (flops["total"] - flops["lm_head"]) / seqlen + 2 * text.hidden_size * text.vocab_size
 
 

@@ -38,6 +38,7 @@ from companion import store
 from companion.errors import CompanionError
 from companion.io import atomic_write_text
 from companion.method.orders import drop_order
+from companion.model.embedded import model_label
 from companion.model.layouts import (
     active_parameters,
     attention_dims,
@@ -47,7 +48,7 @@ from companion.model.layouts import (
     layer_blocks,
     text_config,
 )
-from companion.model.loading import LoadedModel, portable_spec
+from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning, apply_pruning
 from companion.names import GRANULARITIES
 from companion.provenance import environment, timestamp
@@ -56,7 +57,6 @@ SCHEMA = "companion.speed/1"
 Drops = Mapping[str, Iterable[int]]
 
 
-_text = config_text  # the text configuration (plan.py reads it under this name)
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def forward_flops(config, tokens: int, past: int = 0, drops: Drops | None = None
     experts), ``lm_head`` and ``total``.
     """
     costs = _config_costs(config)
-    text = _text(config)
+    text = config_text(config)
     attn, mlp = _running(text, drops)
     flops = {
         "attn_proj": tokens * sum(2 * costs[i].mixer_weights for i in attn),
@@ -197,7 +197,7 @@ def kv_cache_bytes(config, context: int, drops: Drops | None = None, dtype: torc
     Our skipped attention keeps a one-number-per-token placeholder, not counted here.
     """
     costs = _config_costs(config)
-    text = _text(config)
+    text = config_text(config)
     attn, _ = _running(text, drops)
     numbers = 0
     for i in attn:
@@ -353,7 +353,7 @@ def speed_sweep(loaded: LoadedModel, scores: dict, method: str, granularity: str
         flops = run_flops(config, prompt_len, new_tokens, pruned)
         timing = measure(work, ids, new_tokens=new_tokens, warmup=warmup, repeats=repeats)
         rows.append({
-            "model": portable_spec(loaded.spec), "method": method, "granularity": granularity, "K": k,
+            "model": model_label(loaded.spec), "method": method, "granularity": granularity, "K": k,
             "dropped": dropped, "params": count_parameters(work), **timing,
             "flops_prefill": flops["prefill"], "flops_decode": flops["decode"],
             "kv_cache_bytes_expected": kv_cache_bytes(config, context, pruned, loaded.dtype, batch_size),

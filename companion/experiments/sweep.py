@@ -45,8 +45,8 @@ from companion.method.orders import (
     baseline_order,
     drop_order,
     headline_k,
+    kept_layers,
     parse_protect,
-    protected_layers,
 )
 from companion.method.scoring import Scores, ScoreSettings, cached_scores
 from companion.model.loading import LoadedModel
@@ -153,10 +153,10 @@ def plan(scores: Scores, settings: SweepSettings) -> tuple[list[DropOrder], dict
     """Every drop order (criteria, then baselines) and the pruning of every (method, granularity, K);
     checks all K before evaluating. Every order protects the same layers. Methods outside
     ``curve_methods`` (when set) are evaluated at K = 0 and the headline K only."""
-    protected = protected_layers(scores, settings.protect)
     orders = [drop_order(scores, method, granularity, settings.protect)
               for method in settings.methods for granularity in settings.granularities]
-    orders += [baseline_order(name, granularity, scores["num_layers"], protected)
+    orders += [baseline_order(name, granularity, scores["num_layers"],
+                              kept_layers(scores, settings.protect, granularity))
                for name in settings.baseline_names for granularity in settings.granularities]
     head = headline_k(settings.drops, scores["num_layers"])
     curve = set(settings.methods if settings.curve_methods is None else settings.curve_methods)

@@ -27,7 +27,7 @@ from torch import nn
 from companion.errors import CompanionError
 from companion.method.calibration import Documents, Windows
 from companion.method.removal import Cost, removal_nll
-from companion.model.adapters import decoder_layers
+from companion.model.layouts import decoder_layers
 from companion.names import GRANULARITIES
 
 log = logging.getLogger(__name__)

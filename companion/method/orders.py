@@ -129,7 +129,7 @@ def drop_order(scores: dict, method: str, granularity: str, protect: str = "auto
     values = [float("nan")] * num_layers
     for row in rows:
         values[row["layer"]] = row["value"]
-    protected = protected_layers(scores, protect)
+    protected = kept_layers(scores, protect, granularity)
     prunable = [i for i in range(num_layers) if i not in protected]
     missing = [i for i in prunable if math.isnan(values[i])]
     if missing:
@@ -147,6 +147,15 @@ def protected_layers(scores: dict, protect: str) -> list[int]:
     if protect == "auto" and profile is None:
         raise CompanionError(f"--protect auto needs the {AUTO_REFERENCE} entropy profile in the scores file")
     return parse_protect(protect, scores["num_layers"], profile)
+
+
+def kept_layers(scores: dict, protect: str, granularity: str) -> list[int]:
+    """The layers whose ``granularity`` block is never dropped: the protected ones, and those that lack
+    the block (an attention-free layer of a hybrid stack has no ``attn`` block; scores record which
+    layers have each block as ``present``)."""
+    num_layers = scores["num_layers"]
+    absent = set(range(num_layers)) - set(scores.get("present", {}).get(granularity, range(num_layers)))
+    return sorted(set(protected_layers(scores, protect)) | absent)
 
 
 def baseline_order(name: str, granularity: str, num_layers: int, protected: Iterable[int]) -> DropOrder:

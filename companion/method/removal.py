@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from companion.errors import CompanionError
-from companion.model.adapters import decoder, decoder_layers, text_config
+from companion.model.layouts import decoder, decoder_layers, text_config
 from companion.model.surgery import Pruning, temporarily_pruned
 
 LOGITS_BUDGET = 2**27  # floats of logits per forward pass (512 MiB in fp32) when no batch size is given

@@ -35,7 +35,7 @@ from companion.method import criteria
 from companion.method.calibration import Documents, Windows, sample_windows
 from companion.method.estimators import rms
 from companion.method.orders import protected_layers
-from companion.model import adapters, layouts
+from companion.model import layouts
 from companion.model.loading import LoadedModel
 from companion.names import GRANULARITIES
 from companion.provenance import environment, timestamp
@@ -129,8 +129,8 @@ class _Recorder:
         layout (:mod:`companion.model.layouts`): the input of the module opening the MLP sub-layer, or,
         in parallel blocks, the layer input plus the attention's output."""
         handles = []
-        layers = adapters.decoder_layers(model)
-        for i, (layer, blocks) in enumerate(zip(layers, adapters.layer_blocks(model))):
+        layers = layouts.decoder_layers(model)
+        for i, (layer, blocks) in enumerate(zip(layers, layouts.layer_blocks(model))):
             handles.append(layer.register_forward_pre_hook(
                 lambda _m, args, kwargs, i=i: self.layer_input(i, args[0] if args else kwargs["hidden_states"]),
                 with_kwargs=True))
@@ -169,7 +169,7 @@ def collect(loaded: LoadedModel, windows: Windows, settings: ScoreSettings, prog
     entropy_fns = {c.name: c.bind(**settings.estimator_params(c.name)) for c in one_pass if c.kind == "entropy"}
     similarity_fns = {c.name: c.bind(**settings.estimator_params(c.name)) for c in one_pass if c.kind == "similarity"}
     recorder = _Recorder(entropy_fns, similarity_fns)
-    backbone = adapters.decoder(loaded.model)
+    backbone = layouts.decoder(loaded.model)
     device = next(loaded.model.parameters()).device
     handles = recorder.attach(loaded.model)
     try:
@@ -279,7 +279,7 @@ def own_pass_blocks(loaded: LoadedModel, windows: Windows, settings: ScoreSettin
     (a dataclass of passes, backward passes and seconds) and ``details`` (see
     :class:`companion.method.removal.CriterionResult`).
     """
-    num_layers = len(adapters.decoder_layers(loaded.model))
+    num_layers = len(layouts.decoder_layers(loaded.model))
     candidates = [i for i in range(num_layers) if i not in set(protected)]
     blocks: list[BlockRecord] = []
     runs: dict = {}
@@ -287,7 +287,8 @@ def own_pass_blocks(loaded: LoadedModel, windows: Windows, settings: ScoreSettin
         criterion = criteria.get(name)
         fn = criterion.bind(**settings.estimator_params(name))
         for granularity in tqdm(GRANULARITIES, desc=name, unit="granularity", disable=not progress):
-            result = fn(loaded.model, windows.input_ids, granularity, candidates)
+            present = set(layouts.prunable(loaded.model, granularity))
+            result = fn(loaded.model, windows.input_ids, granularity, [i for i in candidates if i in present])
             runs.setdefault(name, {})[granularity] = {"cost": asdict(result.cost),
                                                       "details": result.details}
             for layer, value in sorted(result.scores.items()):
@@ -305,7 +306,7 @@ def score(loaded: LoadedModel, docs: Documents, windows: Windows, settings: Scor
     protection reads); the criteria with passes of their own follow, never removing a protected layer.
     """
     per_sample = collect(loaded, windows, settings, progress=progress)
-    num_layers = len(adapters.decoder_layers(loaded.model))
+    num_layers = len(layouts.decoder_layers(loaded.model))
     summary = summarize(per_sample, num_layers)
     content = {
         "schema": SCHEMA,
@@ -316,6 +317,7 @@ def score(loaded: LoadedModel, docs: Documents, windows: Windows, settings: Scor
                      "params": settings.key()["params"], "batch_size": settings.batch_size},
         "environment": environment(),
         "num_layers": num_layers,
+        "present": {g: layouts.prunable(loaded.model, g) for g in GRANULARITIES},
         **summary,
     }
     if settings.own_passes:

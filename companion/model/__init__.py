@@ -1,1 +1,1 @@
-"""The model: loading (embedded models, Hub, local folders), architecture adapters, surgery, checkpoints."""
+"""The model: loading (embedded models, Hub, local folders), block layouts, surgery, checkpoints."""

@@ -17,14 +17,14 @@ from transformers import AutoModelForCausalLM
 
 from companion.errors import CompanionError
 from companion.io import atomic_write_json
-from companion.model import adapters, layouts
+from companion.model import layouts
 from companion.model.surgery import Pruning
 
 MANIFEST = "companion_pruning.json"
 
 
 def _layers_prefix(model: nn.Module) -> str:
-    layers = adapters.decoder_layers(model)
+    layers = layouts.decoder_layers(model)
     return next(name for name, module in model.named_modules() if module is layers)
 
 
@@ -39,7 +39,7 @@ def save_pruned(model: nn.Module, tokenizer, out_dir: str | Path, report: dict |
         _check_rebuilds(model, state)
     else:
         prefix = _layers_prefix(model)
-        for i, layer in enumerate(adapters.decoder_layers(model)):
+        for i, layer in enumerate(layouts.decoder_layers(model)):
             for module in layer.children():
                 for key, (shape, dtype) in getattr(module, "removed", {}).items():
                     state[f"{prefix}.{i}.{key}"] = torch.zeros(shape, dtype=dtype)

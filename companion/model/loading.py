@@ -21,7 +21,7 @@ from companion.errors import CompanionError
 from companion.hub import hub_reachable
 from companion.io import atomic_write_json, sha256_file
 from companion.model.checkpoints import read_manifest
-from companion.model.embedded import EMBEDDED_MODELS, embedded_model
+from companion.model.embedded import EMBEDDED_MODELS, embedded_model, model_label
 from companion.model.layouts import (
     FAMILIES,
     config_text,
@@ -61,7 +61,7 @@ class LoadedModel:
         checkpoint itself is identified by ``fingerprint`` over all its files (:func:`checkpoint_fingerprint`).
         """
         return {
-            "spec": portable_spec(self.spec),
+            "spec": model_label(self.spec),
             "source": self.source,
             "revision": Path(self.path).name if self.source == "hub" else None,
             "model_type": self.model.config.model_type,
@@ -78,12 +78,6 @@ def parameter_counts(model: PreTrainedModel) -> dict[str, int]:
     return {"total": count_parameters(model),
             "embedding": model.get_input_embeddings().weight.numel(),
             "layer": count_parameters(decoder_layers(model)[0])}
-
-
-def portable_spec(spec: str) -> str:
-    """How results name a model: a local folder by its folder name (never its path), anything else as given."""
-    path = Path(spec).expanduser()
-    return path.resolve().name if embedded_model(spec) is None and path.is_dir() else spec
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -163,7 +157,7 @@ def embedded_model_dir(spec: str) -> Path:
 
 
 def _identity(spec: str, path: str, source: str, device: torch.device, dtype: torch.dtype) -> dict:
-    return {"spec": portable_spec(spec), "source": source, "fingerprint": checkpoint_fingerprint(path),
+    return {"spec": model_label(spec), "source": source, "fingerprint": checkpoint_fingerprint(path),
             "dtype": str(dtype).replace("torch.", ""), "device_type": device.type}
 
 
