@@ -107,9 +107,10 @@ def test_scores_and_mid_point_match_a_recomputation(model):
         handle.remove()
         out = outputs[0] if torch.is_tensor(outputs[0]) else outputs[0][0]
         torch.testing.assert_close(torch.tensor(mids[i]), estimators.rms(out), rtol=1e-5, atol=1e-6)
-    for granularity in GRANULARITIES:
+    for granularity in GRANULARITIES:  # every block a layer has, and only those (hybrid: attention layers)
         order = drop_order(result, "knn", granularity, "none")
-        assert sorted(order.order) == list(range(num_layers))
+        assert sorted(order.order) == layouts.prunable(model, granularity)
+        assert sorted(order.order + order.protected) == list(range(num_layers))
 
 
 def _generates_alike(model) -> None:
