@@ -59,7 +59,8 @@ def _order_args(parser: argparse.ArgumentParser) -> None:
                              "profile), none, or e.g. first:2,last:1 (the paper's code) or 0,1,17")
 
 
-def _run_args(parser: argparse.ArgumentParser, default_profile: str | None, evaluation: bool = True) -> None:
+def _run_args(parser: argparse.ArgumentParser, default_profile: str | None, evaluation: bool = True,
+              tasks: bool = True) -> None:
     """The flags that override fields of the run configuration (see companion.pipeline.config)."""
     none = "" if default_profile else "; without --profile: only what is stated, no tiers, baselines or extra K"
     parser.add_argument("--profile", default=default_profile, choices=list(PROFILES),
@@ -72,6 +73,8 @@ def _run_args(parser: argparse.ArgumentParser, default_profile: str | None, eval
     parser.add_argument("--data-source", choices=DATA_SOURCES,
                         help="calibration and task data: the Hub when reachable (auto), the Hub, or COMPANION_DATA_DIR "
                              "(default: the profile's)")
+    if not tasks:
+        return
     parser.add_argument("--calibration", help="comma-separated calibration sets (default: the profile's; offline, "
                                               "the paper profile needs e.g. c4,wikitext2 instead of c4:train)")
     parser.add_argument("--tasks", help="comma-separated lm-eval task names, plus wikitext2_ppl (default: the profile's)")
@@ -329,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("yardstick", help="what removing each block alone costs on held-out text (NLL per token)",
                        formatter_class=fmt)
-    _run_args(p, None, evaluation=False)
+    _run_args(p, None, tasks=False)
     p.add_argument("--results", help="results folder: <results>/<profile>/<model>/yardstick.csv (default: results)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_yardstick)
