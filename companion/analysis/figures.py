@@ -3,7 +3,7 @@
 Figures are built without pyplot's global state (so a notebook shows each exactly once, where its cell
 returns it) under one style. Every figure has axis labels, a legend where it shows more than one
 series, a title and a caption line below the axes naming model, calibration set, sample counts and
-evaluation limits (passed in by the caller; see :meth:`companion.pipeline.Run.caption`).
+evaluation limits (passed in by the caller; see :meth:`companion.pipeline.run.Run.caption`).
 :func:`save_figure` writes PNG and SVG without timestamps, so reruns give identical files.
 """
 

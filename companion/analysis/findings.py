@@ -41,7 +41,7 @@ STANDARD_GRANULARITIES = ("attn", "layer")
 
 
 class RunDescription(Protocol):
-    """What :func:`run_numbers` reads of a run (a :class:`companion.pipeline.Run` has it all); a
+    """What :func:`run_numbers` reads of a run (a :class:`companion.pipeline.run.Run` has it all); a
     protocol rather than ``Run`` itself, so that the findings import no model code (torch)."""
 
     model: str

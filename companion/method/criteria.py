@@ -42,20 +42,16 @@ Role = Literal["paper", "rival", "diagnostic", "baseline"]
 class Criterion:
     """One block-ranking criterion.
 
-    Parameters
-    ----------
-    name: what users type (``--methods knn,cosine``).
-    label: how figures and verdicts name it.
-    kind, needs: what it measures and what scoring must give it (module docstring).
-    function: ``"module:attribute"`` of the function that computes it (``None`` for baselines).
-    params: its parameters and their defaults.
-    params_of: another criterion whose parameters it takes when given none of its own (a diagnostic
-        variant of a paper estimator takes that estimator's ``k`` or ``bins``).
-    role: ``paper`` (the paper's estimators and its baseline), ``rival`` (the field's other criteria),
-        ``diagnostic`` (ours, never a pruning criterion unless asked for) or ``baseline`` (null references).
-    drop_first: ``lowest`` or ``highest`` values dropped first.
-    short: the short name verdict sentences use ("KNN ahead by ...").
-    color, marker: the style of its lines and points in every figure.
+    - ``name``: what users type (``--methods knn,cosine``); ``label`` and ``short``: how figures and
+      verdict sentences name it.
+    - ``kind`` and ``needs``: what it measures and what scoring must give it (see the module docstring).
+    - ``function``: ``"module:attribute"`` of the function that computes it (``None`` for baselines).
+    - ``params``: its parameters and their defaults; ``params_of``: another criterion whose parameters it
+      takes when it has none of its own (a diagnostic variant takes its paper estimator's ``k`` or ``bins``).
+    - ``role``: ``paper`` (the paper's estimators and baseline), ``rival`` (the field's other criteria),
+      ``diagnostic`` (ours, never a pruning criterion unless asked for) or ``baseline`` (null references).
+    - ``drop_first``: whether the ``lowest`` or the ``highest`` values are dropped first.
+    - ``color`` and ``marker``: its style in every figure.
     """
 
     name: str

@@ -284,7 +284,7 @@ def block_parameters(model: nn.Module, granularity: str, block: int) -> list[nn.
 
 def taylor(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates: Sequence[int],
            batch_size: int = 1, windows: int | None = None) -> CriterionResult:
-    """Shortened LLaMA's Taylor criterion: for each block, Σ over its weights of |W ⊙ ∂L/∂W|, with L
+    """Shortened LLaMA's Taylor criterion: for each block, Σ over its weights of ``|W ⊙ ∂L/∂W|``, with L
     the mean NLL per token of the calibration windows (one backward pass over them). Lowest first.
 
     Taylor+ is this score with the first and last blocks kept out of the candidates, as the caller's

@@ -1,7 +1,7 @@
 """The single actions behind the command line's subcommands: score a model into a file, derive an order,
 prune and save a checkpoint, evaluate, time, write offline task configs, plan from a model config.
 
-Each takes plain values (parsed by :mod:`companion.cli`), does the work through the method and
+Each takes plain values (parsed by ``companion.cli``), does the work through the method and
 experiments layers, writes its result files atomically, and returns what the command line reports.
 """
 

@@ -50,7 +50,7 @@ class Run:
     _identity: Any = field(default=None, repr=False, compare=False)
 
     # -- the settings notebooks read
-    profile = property(lambda self: self.config.profile or "custom", doc="the profile's name (``custom``: none)")
+    profile = property(lambda self: self.config.profile or "custom", doc="the profile's name (``custom`` without one)")
     models = property(lambda self: list(self.config.models), doc="every model of the run")
     calibrations = property(lambda self: list(self.config.calibrations), doc="the calibration sets")
     methods = property(lambda self: list(self.config.methods), doc="the criteria evaluated")
@@ -60,7 +60,7 @@ class Run:
     samples = property(lambda self: self.config.samples, doc="calibration windows")
     seqlen = property(lambda self: self.config.seqlen, doc="tokens per calibration window")
     seed = property(lambda self: self.config.seed, doc="seed of the window draw")
-    limit = property(lambda self: self.config.limit, doc="examples per task (None: all)")
+    limit = property(lambda self: self.config.limit, doc="examples per task (None for all)")
     results_dir = property(lambda self: self.config.results_dir, doc="the results folder of every profile")
 
     @property
@@ -85,7 +85,7 @@ class Run:
 
     @property
     def out_dir(self) -> Path:
-        """The model's results folder: ``{results_dir}/{profile}/{model}``."""
+        """The model's results folder, ``{results_dir}/{profile}/{model}``."""
         return self.config.results_dir / self.profile / model_slug(self.label)
 
     @property
