@@ -164,10 +164,11 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from companion.pipeline.commands import chosen_pruning, eval_settings, evaluate_model
+    from companion.pipeline.commands import chosen_pruning, evaluate_model
+    from companion.pipeline.run import evaluation_settings
 
     config = _config(args)
-    settings = eval_settings(config, fast=not args.stock_lm, progress=not args.quiet)
+    settings = evaluation_settings(config, fast=not args.stock_lm, progress=not args.quiet)
     pruning = None
     if args.layers is not None or args.drop:
         pruning, _ = chosen_pruning(args.granularity, args.layers, args.scores, args.method, args.protect, args.drop)
@@ -194,7 +195,7 @@ def cmd_yardstick(args: argparse.Namespace) -> int:
     config = _config(args)
     for model in config.models:
         run = build_run(config.for_model(model), model)
-        table = ensure_yardstick(run, progress=not args.quiet)
+        table = ensure_yardstick(run)
         print(f"{run.out_dir / 'yardstick.csv'}: {len(table)} blocks", file=sys.stderr)
         run.release()
     return 0
@@ -334,7 +335,6 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt)
     _run_args(p, None, tasks=False)
     p.add_argument("--results", help="results folder: <results>/<profile>/<model>/yardstick.csv (default: results)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_yardstick)
 
     p = sub.add_parser("speed", help="prefill/decode throughput and memory, dense vs pruned", formatter_class=fmt)

@@ -123,15 +123,6 @@ def evaluate_model(model: str, device: str, dtype: str, settings, pruning=None, 
     return rows
 
 
-def eval_settings(config: RunConfig, fast: bool = True, progress: bool = True):
-    """The evaluation settings of a resolved configuration (for the ``eval`` command)."""
-    from companion.experiments.evaluation import EvalSettings
-
-    return EvalSettings(tasks=list(config.tasks), limit=config.limit, batch_size=config.eval_batch_size, fast=fast,
-                        ppl_seqlen=config.ppl_seqlen, ppl_chunks=config.ppl_chunks, data_source=config.data_source,
-                        progress=progress)
-
-
 def speed_to_file(model: str, device: str, dtype: str, scores_path: str | Path, method: str, protect: str,
                   granularities: list[str], drops: list[int], measure: dict, out: str | Path) -> list[dict]:
     """Time the drop orders of ``method`` at ``granularities``; writes ``out`` (JSON and a CSV beside it)."""

@@ -10,7 +10,6 @@ embedded name or folder name (never a path of the machine).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,8 +27,6 @@ from companion.model.embedded import describe_model, model_label
 from companion.names import PERPLEXITY_TASK, task_label
 from companion.paths import model_slug
 from companion.pipeline.config import SPEED_BATCH_SIZE, SPEED_WARMUP, RunConfig, resolve
-
-log = logging.getLogger(__name__)
 
 # The notebooks' parameters (a papermill ``parameters`` cell); ``None`` means "the profile's value".
 PARAMETERS = ("profile", "model", "device", "dtype", "data_source", "calibration", "samples", "seqlen", "seed",
@@ -119,12 +116,9 @@ class Run:
                              primary_ppl_chunks=c.primary_ppl_chunks if primary else None,
                              curve_methods=None if c.curve_methods is None else list(c.curve_methods))
 
-    def eval_settings(self, progress: bool = False) -> EvalSettings:
-        """The evaluation settings of the run's sweeps."""
-        c = self.config
-        return EvalSettings(tasks=list(c.tasks), limit=c.limit, batch_size=c.eval_batch_size,
-                            ppl_seqlen=c.ppl_seqlen, ppl_chunks=c.ppl_chunks, data_source=c.data_source,
-                            progress=progress)
+    def eval_settings(self) -> EvalSettings:
+        """The evaluation settings of the run's sweeps (without lm-eval's progress bars: a sweep has its own)."""
+        return evaluation_settings(self.config)
 
     def speed_settings(self, method: str = "knn", granularities: Sequence[str] = ("attn", "layer")) -> dict:
         """The measurement settings of a speed run of ``method``'s orders at ``granularities``; the run's
@@ -208,6 +202,14 @@ class Run:
                 f"{SPEED_BATCH_SIZE}, median of {settings['repeats']} timed runs after {SPEED_WARMUP} warm-up.")
 
 
+def evaluation_settings(config: RunConfig, fast: bool = True, progress: bool = False) -> EvalSettings:
+    """The evaluation settings of a configuration: its tasks, limit, batch size and perplexity windows;
+    ``fast`` picks FastHFLM over stock lm-eval, ``progress`` shows lm-eval's progress bars."""
+    return EvalSettings(tasks=list(config.tasks), limit=config.limit, batch_size=config.eval_batch_size, fast=fast,
+                        ppl_seqlen=config.ppl_seqlen, ppl_chunks=config.ppl_chunks, data_source=config.data_source,
+                        progress=progress)
+
+
 def build_run(config: RunConfig, model: str | None = None) -> Run:
     """The run of ``model`` (default: the configuration's first) with its drop counts: the stated or
     profile's K, or K at the profile's fractions of the model's layers; K above the prunable layers is
@@ -254,7 +256,7 @@ def ensure_sweep(run: Run, calibration: str | None = None, progress: bool = Fals
     from companion.experiments.sweep import run_sweep
 
     sweep = run_sweep(run.loaded, run.sweep_settings(calibration), run.eval_settings(), run.out_dir,
-                      run.identity(), progress=progress)  # one progress bar: the sweep's, none of lm-eval's
+                      run.identity(), progress=progress)
     return sweep_frame(sweep["rows"])
 
 
@@ -320,12 +322,12 @@ def ensure_speed(run: Run, scores: dict, method: str = "knn",
     return speed_frame(store.cached(path, speed_key(identity, scores, settings), compute)["rows"])
 
 
-def ensure_yardstick(run: Run, progress: bool = False) -> pd.DataFrame:
+def ensure_yardstick(run: Run) -> pd.DataFrame:
     """The yardstick of ``run``'s model: the held-out NLL increase per token when each block of each
     granularity alone is removed, with its interval (:mod:`companion.experiments.yardstick`), on
     ``yardstick_windows`` WikiText-2 test documents of ``yardstick_seqlen`` tokens. Stored as
     ``yardstick.json`` (with every window's NLL, for bootstraps that resample windows) and written as the
-    tidy ``yardstick.csv``."""
+    tidy ``yardstick.csv``. Each granularity's time is logged as it finishes."""
     from companion.experiments.yardstick import HELDOUT, heldout_windows, measure
     from companion.io import atomic_write_text
     from companion.method.calibration import load_documents
