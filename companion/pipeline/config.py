@@ -295,12 +295,3 @@ def additions(config: RunConfig) -> list[str]:
         if rest:
             lines.append(f"{', '.join(rest)} at the headline K only")
     return [f"profile '{config.profile}' adds {line}" for line in lines]
-
-
-def as_record(config: RunConfig) -> dict[str, Any]:
-    """The configuration as JSON-ready values (what a results file records)."""
-    record = {f.name: getattr(config, f.name) for f in fields(config)}
-    record["results_dir"] = Path(config.results_dir).as_posix()
-    record["models_overrides"] = {k: dict(v) for k, v in config.models_overrides.items()}
-    record["stated"] = {k: list(v) if isinstance(v, tuple) else v for k, v in config.stated.items()}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in record.items()}
