@@ -5,6 +5,11 @@ from here."""
 from __future__ import annotations
 
 GRANULARITIES = ("attn", "mlp", "layer")
+# Where each granularity's block starts and ends among the hidden states a scoring pass records: (point,
+# layer offset) at its input and its output; "boundary" i is layer i's input, "mid" i the residual
+# stream between layer i's attention and its MLP.
+ENDPOINTS = {"attn": (("boundary", 0), ("mid", 0)), "mlp": (("mid", 0), ("boundary", 1)),
+             "layer": (("boundary", 0), ("boundary", 1))}
 PERPLEXITY_TASK = "wikitext2_ppl"
 # The accuracy each task contributes to a mean: length-normalised where the choices differ in length
 # and the convention of the field reports it (HellaSwag, ARC-Challenge, OpenBookQA), plain otherwise.

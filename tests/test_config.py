@@ -79,12 +79,13 @@ def test_default_profile_runs_both_models_with_their_own_drops_and_sizes(layers)
     assert run.models == ["gemma-3-270m", "smollm2-135m"] and run.calibration == "c4"
     gemma, smol = model_runs(run)
     assert gemma is run and smol.model == "smollm2-135m" and smol.out_dir.name == "smollm2-135m"
-    assert gemma.drops == [0, 2, 5, 7, 9, 11] and smol.drops == [0, 4, 8, 11, 15, 19]  # 1/8 .. 5/8 of the layers
+    assert gemma.drops == [0, 1, 2, 3, 4, 5, 7] and smol.drops == [0, 2, 3, 5, 6, 8, 11]  # six K up to 37.5 %
     assert orders.headline_k(gemma.drops, 18) == 7 and orders.headline_k(smol.drops, 30) == 11
     first, second = smol.sweep_settings(), smol.sweep_settings("wikitext2")
-    assert first.primary_limit == 380 and smol.limit == 8 and gemma.sweep_settings().primary_limit == 400
+    assert first.primary_limit == 380 and smol.limit == 20 and gemma.sweep_settings().primary_limit == 400
     assert first.protect == second.protect == "first:2,last:1"
     assert second.drops == [0, 11] and second.primary_limit is None  # the second calibration set: headline K only
+    assert second.methods == ["knn", "cosine"]  # ... for the primary criteria
     assert first.baseline_names == ["random:0", "random:1", "random:2", "random:3", "random:4", "last"]
     assert from_parameters({"profile": "default", "model": "smollm2-135m"}).models == ["smollm2-135m"]
     assert smol.for_model("gemma-3-270m").config == gemma.config

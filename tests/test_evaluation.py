@@ -92,6 +92,8 @@ def test_example_samples_are_seeded_nested_and_sorted():
     assert small == evaluation.sample_indices(1000, 20) and small != list(range(20))
     assert evaluation.sample_indices(1000, 20, seed=7) != small
     assert evaluation.sample_indices(5, 20) == list(range(5)) and evaluation.sample_indices(5, None) == list(range(5))
+    shards = [evaluation.sample_indices(1000, 20, shard=(i, 3)) for i in range(3)]
+    assert sorted(sum(shards, [])) == small and [len(s) for s in shards] == [7, 7, 6]  # disjoint, together the sample
 
 
 def _scores(num_layers: int = 4) -> dict:
@@ -204,6 +206,10 @@ def test_per_example_table_averages_to_the_sweep_and_recomputes_a_comparison(tmp
     sweep = run_sweep(lambda: loaded, settings, eval_settings, tmp_path, progress=False)
     examples = read_examples(tmp_path, "toy")
     assert set(examples["method"]) == {"knn", "cosine", "random:0", "random:1", "last"}
+    piqa = examples[(examples["task"] == "piqa") & (examples["K"] == 2) & (examples["metric"] == "acc")]
+    seeds = [set(piqa.loc[piqa["method"] == f"random:{s}", "doc_id"]) for s in range(2)]
+    assert not seeds[0] & seeds[1] and seeds[0] | seeds[1] == set(piqa.loc[piqa["method"] == "last", "doc_id"])
+    assert len(seeds[0] | seeds[1]) == 6  # the random seeds split the sample between them
     for row in sweep["rows"]:
         mine = examples[(examples["method"] == row["method"]) & (examples["K"] == row["K"])
                         & (examples["task"] == row["task"])]
@@ -212,7 +218,7 @@ def test_per_example_table_averages_to_the_sweep_and_recomputes_a_comparison(tmp
             assert row["value"] == pytest.approx(math.exp(nll / tokens), rel=1e-4)
         else:
             assert row["value"] == pytest.approx(mine.loc[mine["metric"] == row["metric"], "value"].mean())
-    assert {row["n"] for row in sweep["rows"] if row["task"] == "piqa"} == {6, 12}  # two tiers
+    assert {row["n"] for row in sweep["rows"] if row["task"] == "piqa"} == {3, 6, 12}  # two tiers, random shards
     table = comparisons(examples)
     got = table[(table["method_a"] == "knn") & (table["method_b"] == "cosine") & (table["metric"] == "accuracy")].iloc[0]
     a, b = (examples[(examples["method"] == m) & (examples["K"] == 2) & (examples["metric"] == "acc")]
@@ -256,3 +262,24 @@ def test_multiple_choice_records_carry_p_correct_and_lambada_has_records(tmp_pat
     assert len(lambada["records"]["doc_id"]) == 5 and "p_correct" not in lambada["records"]["metrics"]
     assert len(lambada["records"]["metrics"]["acc"]) == 5 and all(len(ll) == 1 for ll in lambada["records"]["loglik"])
     assert {"acc", "perplexity"} <= {r["metric"] for r in lambada["rows"]}
+
+
+def test_a_sweep_scores_its_own_pass_criteria_at_its_granularities_and_largest_k():
+    from companion.experiments.sweep import score_settings
+
+    settings = SweepSettings(methods=["knn", "ppl", "sleb"], granularities=["layer"], drops=[0, 2, 5])
+    chosen = score_settings(settings)
+    assert chosen.own_passes == ["ppl", "sleb"] and chosen.granularities == ["layer"]
+    assert chosen.estimator_params("sleb")["k_max"] == 5  # SLEB stops at the sweep's largest K
+    assert "k_max" not in chosen.estimator_params("ppl")
+    assert chosen.key()["granularities"] == ["layer"]
+    one_pass = score_settings(SweepSettings(methods=["knn", "cosine"], drops=[0, 2]))
+    assert not one_pass.own_passes and "granularities" not in one_pass.key()
+
+
+def test_the_primary_tier_enlarges_the_tasks_of_mean_accuracy_and_perplexity_only():
+    settings = SweepSettings(primary_limit=300, primary_ppl_chunks=8)
+    plain = EvalSettings(tasks=["piqa", "lambada_openai", "hellaswag", PERPLEXITY_TASK], limit=20, ppl_chunks=4)
+    wide = settings.primary_evaluation(plain)
+    assert wide.tasks == ["piqa", "hellaswag", PERPLEXITY_TASK]  # LAMBADA (chance 0) keeps the plain limit
+    assert wide.limit == 300 and wide.ppl_chunks == 8 and plain.limit == 20

@@ -79,14 +79,30 @@ def test_counting_arithmetic():
               SweepSettings(calibration="wikitext2", methods=["knn", "bucket", "cosine"], drops=[0, 2],
                             curve_methods=["knn", "cosine"])]
     # dense + c4: 2 curves × 2 granularities × 3 K + bucket at the headline + wikitext2: 3 methods × 2 × 1
-    # + baselines once: 6 orders (random:0-4, last) × 2 granularities × 3 K; primary: dense + 2 × 2
-    assert planning.pruning_upper_bound(tiered) == (1 + 12 + 2 + 6 + 36, 5)
+    # + baselines once: random (5 seeds on shards of the examples: one pruning's cost) and last × 2
+    # granularities × 3 K; primary: dense + 2 × 2
+    assert planning.pruning_upper_bound(tiered) == (1 + 12 + 2 + 6 + 12, 5)
     assert planning.perplexity_windows(10_000, 2048, None) == 4
     assert planning.perplexity_windows(10_000, 2048, 2) == 2
     words = lambda texts: [len(t.split()) for t in texts]  # noqa: E731
     pairs = [("a b c", " d"), ("a b c", " e f"), ("g h", " i")]
     assert planning.forwarded_tokens(pairs, words) == 3 + 2 + 1 + 2 + 1
     assert planning.char_lengths(4)(["abcd", "abcde", ""]) == [1, 2, 0]
+
+
+def test_criteria_and_yardstick_costs_count_their_passes():
+    from companion.method.scoring import ScoreSettings
+
+    assert planning.removal_passes("ppl", {}, 10) == 11  # one pass, and one per candidate removed
+    assert planning.removal_passes("sleb", {"k_max": 3}, 10) == 11 + 10 + 9  # each step over what is left
+    assert planning.removal_passes("sleb", {"k_max": None}, 3) == 4 + 3
+    assert planning.removal_passes("taylor", {}, 10) == 3 and planning.removal_passes("knn", {}, 10) == 0
+    settings = ScoreSettings(estimators=["knn", "ppl", "taylor"], params={"ppl": {"windows": 4}},
+                             granularities=["attn", "layer"])
+    taylor_windows = min(settings.estimator_params("taylor")["windows"], 64)
+    expected = 2 * (11 * 4 * 256 * 0.5 + 3 * taylor_windows * 256)
+    assert planning.own_pass_tokens(settings, 10, 64, 256, 0.5) == pytest.approx(expected)
+    assert planning.yardstick_tokens(12, 3, 16, 256, 0.5) == 3 * (1 + 12 * 0.5) * 16 * 256
 
 
 def _plan(**changes) -> planning.Plan:

@@ -62,7 +62,10 @@ def test_sleb_equals_a_brute_force_greedy_search(model, granularity):
 
 def test_sleb_checks_its_budget(model):
     with pytest.raises(CompanionError, match="k_max"):
-        sleb(model, IDS, "attn", [1, 2], k_max=3)
+        sleb(model, IDS, "attn", [1, 2], k_max=0)
+    clipped = sleb(model, IDS, "attn", [1, 2], k_max=3, batch_size=3)  # more steps than candidates: all of them
+    assert clipped.details["order"] == sleb(model, IDS, "attn", [1, 2], k_max=2, batch_size=3).details["order"]
+    assert len(clipped.details["order"]) == 2
 
 
 @pytest.mark.parametrize("granularity", ["attn", "mlp", "layer"])

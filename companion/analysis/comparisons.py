@@ -102,16 +102,15 @@ def paired_perplexity(a: pd.DataFrame, b: pd.DataFrame, confidence: float = 0.95
 
 def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     """The rows of several prunings (the ``random:<seed>`` drop sets) as one: per (task, metric, doc_id)
-    the mean value over the prunings, on the doc_ids all of them have.
+    the mean value over the prunings that have it (a sweep evaluates each seed on its own shard of the
+    examples, so there each example has one seed's value).
 
     Against this pool, :func:`paired_accuracy` measures a criterion's accuracy minus the mean of the
     seeds' accuracies, and :func:`paired_perplexity` its log perplexity minus the mean of the seeds'
     log perplexities (the windows' token counts do not depend on the pruning), i.e. the log-ratio to
     the geometric mean of their perplexities.
     """
-    grouped = rows.groupby(["task", "metric", "doc_id"])["value"].agg(["mean", "count"])
-    grouped = grouped[grouped["count"] == rows["method"].nunique()]
-    return grouped["mean"].rename("value").reset_index()
+    return rows.groupby(["task", "metric", "doc_id"])["value"].mean().reset_index()
 
 
 # ---------------------------------------------------------------- the table of comparisons

@@ -18,7 +18,7 @@ from scipy import stats
 from companion.analysis.comparisons import RANDOM_PREFIX, chance_accuracy, chance_retention
 from companion.errors import CompanionError
 from companion.method.orders import DropOrder, compression_stage, drop_order
-from companion.names import GRANULARITIES, PERPLEXITY_TASK
+from companion.names import CHANCE, GRANULARITIES, PERPLEXITY_TASK, primary_metric
 
 # ---------------------------------------------------------------- entropy profiles
 
@@ -411,3 +411,40 @@ def load_speed_settings(path: str | Path) -> dict:
 def load_speed(path: str | Path) -> pd.DataFrame:
     """The rows of a ``speed.json`` (written by the speed step)."""
     return speed_frame(json.loads(Path(path).read_text(encoding="utf-8"))["rows"])
+
+
+# ---------------------------------------------------------------- curves from the per-example table
+
+
+def multiple_choice_tasks(tasks: Iterable[str]) -> list[str]:
+    """The tasks among ``tasks`` with a chance level above 0 (multiple choice), in order: those whose
+    mean accuracy the paper reports; LAMBADA (chance 0) and perplexity are shown on their own."""
+    return [t for t in tasks if t != PERPLEXITY_TASK and CHANCE.get(t, 0.0) > 0]
+
+
+def curve_points(examples: pd.DataFrame, tasks: Sequence[str], metric: str = "primary",
+                 confidence: float = 0.95) -> pd.DataFrame:
+    """One row per (model, calibration, method, granularity, K): the mean over ``tasks`` of each task's
+    mean per-example ``metric`` (``primary``: each task's metric of the paper's mean, see
+    :func:`companion.names.primary_metric`; or e.g. ``p_correct``), its standard error
+    √(Σ se²) / n_tasks (tasks independent, se = sd / √n within a task) and the normal ``ci_low`` /
+    ``ci_high`` at ``confidence``, ``half_width`` and the examples ``n``. The random drop sets are
+    pooled into method ``random`` (each seed's shard of the examples together: one sample)."""
+    rows = examples[examples["task"].isin(tasks)]
+    if metric == "primary":
+        rows = rows[rows["metric"] == rows["task"].map(primary_metric)]
+    else:
+        rows = rows[rows["metric"] == metric]
+    if rows.empty:
+        raise CompanionError(f"no per-example '{metric}' values for the tasks {', '.join(tasks)}")
+    rows = rows.assign(method=rows["method"].where(~rows["method"].str.startswith(RANDOM_PREFIX), "random"))
+    per_task = rows.groupby([*KEYS, "task"], sort=True)["value"].agg(["mean", "var", "count"]).reset_index()
+    per_task["se2"] = per_task["var"].fillna(0.0) / per_task["count"]
+    grouped = per_task.groupby(KEYS, sort=True)
+    table = grouped.agg(mean=("mean", "mean"), se2=("se2", "sum"), n_tasks=("task", "count"),
+                        n=("count", "sum")).reset_index()
+    table["stderr"] = np.sqrt(table.pop("se2")) / table["n_tasks"]
+    z = stats.norm.ppf(0.5 + confidence / 2)
+    table["half_width"] = z * table["stderr"]
+    table["ci_low"], table["ci_high"] = table["mean"] - table["half_width"], table["mean"] + table["half_width"]
+    return table

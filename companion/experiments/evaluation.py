@@ -70,7 +70,9 @@ class EvalSettings:
     """What to evaluate and how: lm-eval task names (plus ``wikitext2_ppl``), limits, batch size.
 
     ``limit`` bounds every task: the examples of each lm-eval task and the perplexity windows (at most
-    ``limit`` windows, fewer when ``ppl_chunks`` is smaller: :attr:`ppl_windows`).
+    ``limit`` windows, fewer when ``ppl_chunks`` is smaller: :attr:`ppl_windows`). ``shard = (i, n)``
+    evaluates only the i-th of n interleaved shards of that sample (the random drop sets of a sweep
+    split the examples between their seeds, so that each example sees one random drop set).
     """
 
     tasks: list[str] = field(default_factory=lambda: ["piqa"])
@@ -83,6 +85,7 @@ class EvalSettings:
     data_source: str = "auto"
     progress: bool = True
     sample_seed: int = SAMPLE_SEED
+    shard: tuple[int, int] | None = None
 
     def validate(self) -> None:
         """Unknown tasks and non-positive limits are errors before any work starts."""
@@ -94,6 +97,8 @@ class EvalSettings:
             raise CompanionError(f"--limit must be a positive number of examples (got {self.limit})")
         if self.ppl_chunks is not None and self.ppl_chunks < 1:
             raise CompanionError(f"perplexity chunks must be positive (got {self.ppl_chunks})")
+        if self.shard is not None and not 0 <= self.shard[0] < self.shard[1]:
+            raise CompanionError(f"shard (i, n) needs 0 <= i < n (got {self.shard})")
         known = set(known_tasks(self.online)) | {PERPLEXITY_TASK}
         for task in self.tasks:
             if task not in known:
@@ -154,18 +159,23 @@ def evaluation_key(identity: dict, pruning: Pruning | None, task: str, settings:
            "numerics": store.numerics()}
     if task == PERPLEXITY_TASK:
         key.update(ppl_seqlen=settings.ppl_seqlen, ppl_chunks=settings.ppl_windows)  # the effective windows
+    if settings.shard is not None:
+        key["shard"] = list(settings.shard)
     return key
 
 
-def sample_indices(size: int, limit: int | None, seed: int = SAMPLE_SEED) -> list[int]:
-    """A seeded random sample of ``limit`` of ``size`` example indices, sorted (all when ``limit`` is None).
+def sample_indices(size: int, limit: int | None, seed: int = SAMPLE_SEED,
+                   shard: tuple[int, int] | None = None) -> list[int]:
+    """A seeded random sample of ``limit`` of ``size`` example indices, sorted (all when ``limit`` is None);
+    with ``shard = (i, n)`` every n-th of them from the i-th (the shards of one sample are disjoint and
+    together make it).
 
     The sample is the first ``limit`` entries of one seeded permutation, so a smaller limit draws a
     subset of a larger one's examples and every pruning sees the same ones.
     """
-    if limit is None or limit >= size:
-        return list(range(size))
-    return sorted(int(i) for i in np.random.default_rng(seed).permutation(size)[:limit])
+    chosen = list(range(size)) if limit is None or limit >= size else sorted(
+        int(i) for i in np.random.default_rng(seed).permutation(size)[:limit])
+    return chosen if shard is None else chosen[shard[0]::shard[1]]
 
 
 def _rows_from_lm_eval(results: dict, task: str) -> list[dict]:
@@ -258,7 +268,7 @@ def run_lm_eval(lm: HFLM, task: str, settings: EvalSettings) -> tuple[list[dict]
     from lm_eval.evaluator import evaluate as lm_eval_evaluate
 
     task_dict = loaded_task(task, settings.online, settings.num_fewshot)
-    samples = {name: sample_indices(len(task_obj.eval_docs), settings.limit, settings.sample_seed)
+    samples = {name: sample_indices(len(task_obj.eval_docs), settings.limit, settings.sample_seed, settings.shard)
                for name, task_obj in task_dict["tasks"].items()}
     results = lm_eval_evaluate(lm=lm, task_dict=task_dict, samples=samples, log_samples=True,
                                bootstrap_iters=1000, verbosity="ERROR")
@@ -273,15 +283,17 @@ def run_lm_eval(lm: HFLM, task: str, settings: EvalSettings) -> tuple[list[dict]
 
 
 def perplexity(loaded: LoadedModel, seqlen: int = 512, chunks: int | None = None, data_source: str = "auto",
-               progress: bool = True, seed: int = SAMPLE_SEED) -> tuple[list[dict], Records]:
+               progress: bool = True, seed: int = SAMPLE_SEED,
+               shard: tuple[int, int] | None = None) -> tuple[list[dict], Records]:
     """WikiText-2 test perplexity as GPTQ/SparseGPT compute it: rows joined by blank lines, tokenized
-    once, cut into consecutive ``seqlen`` windows; a seeded sample of ``chunks`` of them (or all).
+    once, cut into consecutive ``seqlen`` windows; a seeded sample of ``chunks`` of them (or all), or
+    its ``shard`` (see :func:`sample_indices`).
 
     The records hold each window's summed negative log-likelihood and its predicted-token count, so
     that perplexity can be compared window by window; the row's perplexity is exp(Σ nll / Σ tokens).
     """
     all_windows = _wikitext_windows(loaded.tokenizer, seqlen, data_source)
-    chosen = sample_indices(len(all_windows), chunks, seed)
+    chosen = sample_indices(len(all_windows), chunks, seed, shard)
     device = next(loaded.model.parameters()).device
     losses = []
     with torch.inference_mode():
@@ -361,7 +373,7 @@ def _run_task(loaded: LoadedModel, lm: Callable[[], HFLM], task: str, settings: 
     if task == PERPLEXITY_TASK:
         source = "hub" if settings.online else "local"
         rows, records = perplexity(loaded, settings.ppl_seqlen, settings.ppl_windows, source, settings.progress,
-                                   settings.sample_seed)
+                                   settings.sample_seed, settings.shard)
     else:
         with contextlib.redirect_stderr(sys.stderr if settings.progress else io.StringIO()):  # lm-eval's bars
             rows, records = run_lm_eval(lm(), task, settings)

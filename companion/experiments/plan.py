@@ -72,6 +72,8 @@ class Plan:
     speed_prompt: int = 0
     speed_new_tokens: int = 0
     speed_timed: int = 0
+    criteria_tokens: float = 0.0
+    yardstick_tokens: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -91,10 +93,52 @@ class Plan:
         return (self.prunings - self.primary_prunings) * self.tokens_per_pruning + self.primary_prunings * primary
 
 
+def tail_share(config) -> float:
+    """The share of a full forward pass that a pass starting at a removed block costs, on average over
+    the blocks: half the decoder layers and the whole LM head (which dominates large-vocabulary models)."""
+    from companion.experiments.speed import forward_flops
+
+    flops = forward_flops(config, 256)
+    return (0.5 * (flops["total"] - flops["lm_head"]) + flops["lm_head"]) / flops["total"]
+
+
+def removal_passes(name: str, params: dict, candidates: int) -> float:
+    """Full-forward passes over a criterion's windows, per granularity, of the criteria that remove blocks:
+    ``ppl`` one pass and one per candidate, ``sleb`` that for each of its ``k_max`` steps over the blocks
+    still present, ``taylor`` a forward and a backward (about three passes); others none. Tail passes
+    (after a removed block) count as whole ones here and :func:`tail_share` scales them."""
+    if name == "ppl":
+        return candidates + 1
+    if name == "sleb":
+        steps = min(params.get("k_max") or max(candidates - 1, 1), candidates)
+        return sum(candidates - step + 1 for step in range(steps))
+    if name == "taylor":
+        return 3
+    return 0
+
+
+def own_pass_tokens(score_settings, candidates: int, samples: int, seqlen: int, share: float) -> float:
+    """Dense-forward-equivalent tokens of the criteria of ``score_settings`` (a ``ScoreSettings``) that run
+    passes of their own, over its granularities, on ``candidates`` prunable blocks."""
+    total = 0.0
+    for name in score_settings.own_passes:
+        params = score_settings.estimator_params(name)
+        windows = min(params.get("windows") or samples, samples)
+        scale = 1.0 if name == "taylor" else share
+        total += len(score_settings.granularities) * removal_passes(name, params, candidates) * windows * seqlen * scale
+    return total
+
+
+def yardstick_tokens(num_layers: int, granularities: int, windows: int, seqlen: int, share: float) -> float:
+    """Dense-forward-equivalent tokens of the yardstick: per granularity one pass and one tail pass per block."""
+    return granularities * (1 + num_layers * share) * windows * seqlen
+
+
 def pruning_upper_bound(sweeps: Sequence) -> tuple[int, int]:
     """Distinct prunings at most, and how many of them are in the primary tier, over ``sweeps``
     (``SweepSettings``): the dense model, one per criterion × granularity × K > 0 that each sweep
-    evaluates (criteria outside ``curve_methods`` at the headline K only), and the baselines once."""
+    evaluates (criteria outside ``curve_methods`` at the headline K only), and the baselines once (the
+    random seeds, each on its shard of the examples, as one)."""
     total, primary, baselines = 1, 0, set()
     for sweep in sweeps:
         ks = [k for k in sweep.drops if k > 0]
@@ -103,7 +147,8 @@ def pruning_upper_bound(sweeps: Sequence) -> tuple[int, int]:
         total += len(sweep.granularities) * (len(curve) * len(ks) + (len(sweep.methods) - len(curve)) * heads)
         if sweep.primary_limit:
             primary += len(sweep.granularities) * len(set(sweep.primary_methods) & set(sweep.methods)) * heads
-        baselines |= {(name, g, k) for name in sweep.baseline_names for g in sweep.granularities for k in ks}
+        baselines |= {(name.split(":")[0], g, k) for name in sweep.baseline_names for g in sweep.granularities
+                      for k in ks}  # the random seeds split the examples: together they cost one pruning
     tiered = any(sweep.primary_limit for sweep in sweeps)
     return total + len(baselines), primary + tiered
 
@@ -148,7 +193,7 @@ def count_task(task: str, settings, lengths: Lengths) -> TaskCount:
     with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's and datasets' progress bars
         leaves = list(loaded_task(task, settings.online, settings.num_fewshot)["tasks"].values())
     for leaf in leaves:
-        chosen = sample_indices(len(leaf.eval_docs), settings.limit, settings.sample_seed)
+        chosen = sample_indices(len(leaf.eval_docs), settings.limit, settings.sample_seed, settings.shard)
         with contextlib.redirect_stderr(io.StringIO()):
             leaf.build_all_requests(samples=chosen, rank=0, world_size=1)
         pairs = [(inst.arguments[0], inst.arguments[1] if len(inst.arguments) > 1 else "") for inst in leaf.instances]
@@ -171,7 +216,8 @@ def build_plan(models: Sequence[str], sweeps: Sequence, eval_settings, lengths: 
     if primary and first.primary_limit:
         wide = first.primary_evaluation(eval_settings)
         plan.primary_prunings, plan.primary_limit = primary, first.primary_limit
-        plan.primary_tasks = [count_task(task, wide, lengths) for task in wide.tasks]
+        plan.primary_tasks = [count_task(task, wide, lengths) if task in wide.tasks else count
+                              for task, count in zip(eval_settings.tasks, plan.tasks)]
     if speed:
         plan.speed_runs = len(speed["granularities"]) * len(set(speed["drops"]) | {0})
         plan.speed_prompt, plan.speed_new_tokens = speed["prompt"], speed["new_tokens"]
@@ -184,13 +230,14 @@ def estimate_seconds(plan: Plan, throughput: Throughput) -> dict[str, float]:
     tps = throughput.tokens_per_second
     if tps <= 0:
         raise CompanionError("the throughput must be positive")
-    scoring = len(plan.calibrations) * plan.samples * plan.seqlen / tps
+    scoring = (len(plan.calibrations) * plan.samples * plan.seqlen + plan.criteria_tokens) / tps
     evaluation = plan.tokens / tps
     speed = plan.speed_runs * plan.speed_timed * (
         plan.speed_prompt / tps + max(plan.speed_new_tokens - 1, 0) * throughput.decode_step_seconds)
-    per_model = scoring + evaluation + speed
-    return {"scoring": scoring, "evaluation": evaluation, "speed": speed, "per_model": per_model,
-            "total": per_model * len(plan.models)}
+    yardstick = plan.yardstick_tokens / tps
+    per_model = scoring + evaluation + speed + yardstick
+    return {"scoring": scoring, "evaluation": evaluation, "speed": speed, "yardstick": yardstick,
+            "per_model": per_model, "total": per_model * len(plan.models)}
 
 
 def typical_length(plan: Plan) -> int:
@@ -291,6 +338,12 @@ def format_plan(plan: Plan, throughput: Throughput | None = None) -> str:
         primary = sum(t.tokens for t in plan.primary_tasks)
         lines.append(f"  of which the primary tier: {plan.primary_prunings} prunings on {plan.primary_limit} examples "
                      f"per task, {primary:,} tokens per pruning")
+    if plan.criteria_tokens:
+        lines.append(f"  criteria that remove blocks (ppl, sleb, taylor): about {plan.criteria_tokens:,.0f} "
+                     "dense-forward-equivalent tokens")
+    if plan.yardstick_tokens:
+        lines.append(f"  yardstick (every block removed alone, held-out NLL): about {plan.yardstick_tokens:,.0f} "
+                     "dense-forward-equivalent tokens")
     if plan.speed_runs:
         lines.append(f"  speed: {plan.speed_runs} runs × {plan.speed_timed} (warm-up + timed) of a "
                      f"{plan.speed_prompt}-token prompt and {plan.speed_new_tokens} generated tokens")
@@ -300,7 +353,8 @@ def format_plan(plan: Plan, throughput: Throughput | None = None) -> str:
         lines += [f"  estimated time (an estimate: tokens / throughput, every pruning at the dense cost): "
                   f"{duration(est['total'])} in all, per model {duration(est['per_model'])} = scoring "
                   f"{duration(est['scoring'])} + evaluation {duration(est['evaluation'])} + speed "
-                  f"{duration(est['speed'])}",
+                  f"{duration(est['speed'])}" + (f" + yardstick {duration(est['yardstick'])}" if plan.yardstick_tokens
+                                                  else ""),
                   f"  throughput: {throughput.tokens_per_second:,.0f} tokens/s forward, "
                   f"{throughput.decode_step_seconds * 1e3:.1f} ms per decode step ({throughput.source})"]
     return "\n".join(lines)

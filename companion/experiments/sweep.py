@@ -4,7 +4,9 @@ One scoring pass gives every drop order; each distinct dropped set is evaluated 
 once for all, and two methods that agree on a set share its evaluation), on the one loaded model,
 pruned and restored in place. Every order protects the same layers (:mod:`companion.method.orders`),
 and the null references, ``random:<seed>`` drop sets and ``last`` (the last prunable blocks), are
-evaluated beside the criteria. One progress bar counts every (pruning, task) evaluation of the sweep.
+evaluated beside the criteria. The random seeds split the examples: seed s of n is evaluated on the
+s-th of n interleaved shards of the sample (:func:`random_shard`), so pooled they cover every example
+once, each with one random drop set, for the cost of one pruning. One progress bar counts every (pruning, task) evaluation of the sweep.
 
 Examples are spent where they decide the claims: the ``primary_methods`` at the headline K (the K
 closest to 37.5 % of the layers) and the dense model are evaluated on ``primary_limit`` examples per task (and ``primary_ppl_chunks`` perplexity windows); every other
@@ -51,10 +53,11 @@ from companion.method.orders import (
 from companion.method.scoring import Scores, ScoreSettings, cached_scores
 from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning, count_parameters, temporarily_pruned
-from companion.names import primary_metric
+from companion.names import CHANCE, PERPLEXITY_TASK, primary_metric
 from companion.provenance import environment, timestamp
 
 log = logging.getLogger(__name__)
+RANDOM_PREFIX = "random:"
 COLUMNS = ["model", "calibration", "method", "granularity", "K", "dropped", "protected", "task", "metric", "primary",
            "value", "stderr", "n", "params"]
 EXAMPLE_COLUMNS = ["model", "calibration", "method", "granularity", "K", "task", "doc_id", "metric", "value"]
@@ -88,8 +91,17 @@ class SweepSettings:
         return names + (["last"] if "last" in self.baselines else [])
 
     def primary_evaluation(self, settings: EvalSettings) -> EvalSettings:
-        """``settings`` with the primary tier's example limit and perplexity windows."""
-        return replace(settings, limit=self.primary_limit, ppl_chunks=self.primary_ppl_chunks or settings.ppl_chunks)
+        """``settings`` with the primary tier's example limit and perplexity windows, for the tasks the
+        primary comparison reads (those of mean accuracy, whose chance level is above 0, and
+        perplexity); the others (LAMBADA) keep ``settings``' limit."""
+        return replace(settings, tasks=primary_tier_tasks(settings.tasks), limit=self.primary_limit,
+                       ppl_chunks=self.primary_ppl_chunks or settings.ppl_chunks)
+
+
+def primary_tier_tasks(tasks: list[str]) -> list[str]:
+    """The tasks the primary tier enlarges: those of mean accuracy (multiple choice, chance above 0) and
+    perplexity, in order."""
+    return [t for t in tasks if t == PERPLEXITY_TASK or CHANCE.get(t, 0.0) > 0]
 
 
 def calibration_label(calibration: str) -> str:
@@ -144,9 +156,13 @@ def scores_for(model: Callable[[], LoadedModel], settings: SweepSettings, out_di
 
 def score_settings(settings: SweepSettings) -> ScoreSettings:
     """What a sweep scores: every criterion of the one hooked pass (the figures read them all), and the
-    sweep's criteria that run passes of their own, under the sweep's protected layers."""
+    sweep's criteria that run passes of their own, under the sweep's protected layers, at the sweep's
+    granularities; an iterative criterion (``k_max``) runs only as many steps as the sweep's largest K."""
     own = [m for m in settings.methods if m in criteria.scored() and not criteria.get(m).one_pass]
-    return ScoreSettings(estimators=[*criteria.names(needs="hidden"), *own], protect=settings.protect)
+    params = {m: {**criteria.get(m).params, "k_max": max(settings.drops)} for m in own
+              if "k_max" in criteria.get(m).params and max(settings.drops) > 0}
+    return ScoreSettings(estimators=[*criteria.names(needs="hidden"), *own], params=params, protect=settings.protect,
+                         granularities=list(settings.granularities))
 
 
 def plan(scores: Scores, settings: SweepSettings) -> tuple[list[DropOrder], dict[tuple[str, str, int], Pruning]]:
@@ -207,8 +223,9 @@ def run_sweep(model: Callable[[], LoadedModel], settings: SweepSettings, eval_se
         sweep_path(out_dir, settings.calibration).unlink()  # its per-example table is missing or changed
         stored = None
     if stored is None:
-        distinct = len({_pruning_id(p) for p in prunings.values()})
-        log.info("%s: %d distinct prunings × %d tasks = %d evaluations (stored ones are reused)",
+        distinct = len({_evaluation_id(key[0], p, settings) for key, p in prunings.items()})
+        log.info("%s: %d distinct evaluations (prunings; random seeds on shards) × %d tasks = %d (stored ones "
+                 "are reused)",
                  calibration_label(settings.calibration), distinct, len(eval_settings.tasks),
                  distinct * len(eval_settings.tasks))
 
@@ -251,35 +268,49 @@ def _pruning_id(pruning: Pruning) -> tuple[str, tuple[int, ...]]:
     return (pruning.granularity, tuple(pruning.layers)) if pruning.layers else ("dense", ())
 
 
+def random_shard(method: str, settings: SweepSettings) -> tuple[int, int] | None:
+    """The examples' shard a random drop set is evaluated on: seed s of n takes the s-th of n interleaved
+    shards of the sample (:func:`companion.experiments.evaluation.sample_indices`), so the seeds pooled
+    cover every example once, at the cost of one pruning; other methods take the whole sample."""
+    if not method.startswith(RANDOM_PREFIX) or settings.random_seeds < 2:
+        return None
+    return (int(method[len(RANDOM_PREFIX):]), settings.random_seeds)
+
+
 def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSettings, eval_settings: EvalSettings,
                        orders: list[DropOrder], prunings: dict[tuple[str, str, int], Pruning], out_dir: Path,
                        progress: bool) -> tuple[list[dict], pd.DataFrame]:
-    """Evaluate each distinct pruning once (the dense model once for all); expand to the aggregate rows
-    and the per-example table."""
+    """Evaluate each distinct (pruning, shard) once (the dense model once for all); expand to the
+    aggregate rows and the per-example table."""
     cache = out_dir / store.EVALUATIONS  # the result store's entries, beside the results (not committed)
-    distinct = {_pruning_id(p) for p in prunings.values()}
+    ids = {key: _evaluation_id(key[0], pruning, settings) for key, pruning in prunings.items()}
     primary = primary_prunings(prunings, settings, orders[0].num_layers) if settings.primary_limit else set()
     wide = settings.primary_evaluation(eval_settings)
     entries, params = {}, {}
     dense_params = count_parameters(loaded.model)
-    bar = tqdm(total=len(distinct) * len(eval_settings.tasks), desc="evaluations", unit="eval", disable=not progress)
-    for key in sorted(distinct):
-        granularity, layers = key
-        chosen = wide if key in primary else eval_settings
+    bar = tqdm(total=len(set(ids.values())) * len(eval_settings.tasks), desc="evaluations", unit="eval",
+               disable=not progress)
+    for key in sorted(set(ids.values()), key=lambda i: (i[0], i[1], i[2] or (-1, 0))):
+        granularity, layers, shard = key
+        chosen = [replace(eval_settings, shard=shard)]
+        if (granularity, layers) in primary and shard is None:
+            rest = [t for t in eval_settings.tasks if t not in wide.tasks]
+            chosen = [wide] + ([replace(eval_settings, tasks=rest)] if rest else [])
         bar.set_postfix_str("dense" if granularity == "dense" else f"{granularity} {' '.join(map(str, layers))}")
         if granularity == "dense":
-            entries[key] = evaluate_entries(loaded, chosen, cache=cache, done=lambda _: bar.update())
+            entries[key] = [e for c in chosen for e in evaluate_entries(loaded, c, cache=cache,
+                                                                        done=lambda _: bar.update())]
             params[key] = dense_params
             continue
         with temporarily_pruned(loaded.model, Pruning(granularity, list(layers))) as report:
-            entries[key] = evaluate_entries(loaded, chosen, loaded.model.companion_pruning, cache,
-                                            done=lambda _: bar.update())
+            entries[key] = [e for c in chosen for e in evaluate_entries(loaded, c, loaded.model.companion_pruning,
+                                                                        cache, done=lambda _: bar.update())]
             params[key] = report["params_after"]
     bar.close()
     protected = {(o.method, o.granularity): " ".join(map(str, o.protected)) for o in orders}
     rows, frames = [], []
     for (method, granularity, k), pruning in prunings.items():
-        key = _pruning_id(pruning)
+        key = ids[(method, granularity, k)]
         label = {"model": model_label, "calibration": calibration_label(settings.calibration), "method": method,
                  "granularity": granularity, "K": k}
         for entry in entries[key]:
@@ -290,6 +321,13 @@ def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSet
                              "value": row["value"], "stderr": row["stderr"], "n": row["n"], "params": params[key]})
             frames.append(_example_frame(entry["records"], label))
     return rows, pd.concat(frames, ignore_index=True)[EXAMPLE_COLUMNS]
+
+
+def _evaluation_id(method: str, pruning: Pruning,
+                   settings: SweepSettings) -> tuple[str, tuple[int, ...], tuple[int, int] | None]:
+    """What one evaluation is: the pruning and, for a random drop set, its shard of the examples."""
+    granularity, layers = _pruning_id(pruning)
+    return granularity, layers, None if granularity == "dense" else random_shard(method, settings)
 
 
 def _example_frame(records: dict, label: dict) -> pd.DataFrame:

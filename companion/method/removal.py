@@ -240,7 +240,7 @@ def ppl(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates:
 def sleb(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates: Sequence[int],
          k_max: int | None = None, batch_size: int | None = None, windows: int | None = None) -> CriterionResult:
     """SLEB's iterative removal (BlockPruner's over attention and MLP sub-blocks): at each of ``k_max``
-    steps (default: until one candidate is left), remove the candidate whose removal, given the blocks
+    steps (default: until one candidate is left; at most the candidates), remove the candidate whose removal, given the blocks
     already removed, leaves the lowest calibration NLL per token (the lowest perplexity); ties go to the
     lower index. ``windows``: only the first that many calibration windows.
 
@@ -251,9 +251,10 @@ def sleb(model: nn.Module, input_ids: torch.Tensor, granularity: str, candidates
     """
     candidates = sorted(int(b) for b in candidates)
     input_ids = input_ids[:windows]
-    k_max = max(len(candidates) - 1, 1) if k_max is None else k_max
-    if not 1 <= k_max <= len(candidates):
-        raise CompanionError(f"sleb needs 1 <= k_max <= {len(candidates)} candidate blocks (got {k_max})")
+    k_max = max(len(candidates) - 1, 1) if k_max is None else min(k_max, len(candidates))
+    if k_max < 1:
+        raise CompanionError(f"sleb needs k_max >= 1 and a candidate block (got k_max {k_max}, "
+                             f"{len(candidates)} candidates)")
     order: list[int] = []
     values: list[float] = []
     cost, dense = Cost(), None

@@ -37,7 +37,7 @@ from companion.method.estimators import rms
 from companion.method.orders import protected_layers
 from companion.model import layouts
 from companion.model.loading import LoadedModel
-from companion.names import GRANULARITIES
+from companion.names import ENDPOINTS, GRANULARITIES
 from companion.provenance import environment, timestamp
 
 SCHEMA = "companion.scores/3"
@@ -46,8 +46,8 @@ SCHEMA = "companion.scores/3"
 @dataclass
 class ScoreSettings:
     """What to score: criterion names (default: every criterion of the one hooked pass), parameters that
-    replace the registry's defaults, the batch size, and the protected-layers rule that criteria with
-    their own forward passes respect.
+    replace the registry's defaults, the batch size, and the protected-layers rule and granularities of
+    the criteria with their own forward passes (the hooked pass scores every granularity at once).
 
     A criterion without parameters of its own takes those of the one it varies (the registry's
     ``params_of``: ``knn_unit`` the ``k`` of ``knn``, ``bucket_mm`` the bins of ``bucket``).
@@ -57,6 +57,7 @@ class ScoreSettings:
     params: dict[str, dict] = field(default_factory=dict)
     batch_size: int = 8
     protect: str = "first:2,last:1"
+    granularities: list[str] = field(default_factory=lambda: list(GRANULARITIES))
 
     def validate(self) -> None:
         if not self.estimators:
@@ -85,6 +86,8 @@ class ScoreSettings:
                "params": {name: p for name in self.estimators if (p := self.estimator_params(name))}}
         if self.own_passes:  # what they remove depends on the protected layers
             key["protect"] = self.protect
+            if sorted(self.granularities) != sorted(GRANULARITIES):
+                key["granularities"] = list(self.granularities)
         return key
 
 
@@ -192,14 +195,12 @@ def _stats(values: torch.Tensor) -> tuple[float, float]:
 def summarize(per_sample: dict[tuple, torch.Tensor], num_layers: int) -> dict:
     """Turn per-sample values into the tidy block records, the entropy profiles and the RMS-norm profile
     (``norms["rms"]``, mean over samples at each boundary) of a scores file."""
-    endpoints = {"attn": (("boundary", 0), ("mid", 0)), "mlp": (("mid", 0), ("boundary", 1)),
-                 "layer": (("boundary", 0), ("boundary", 1))}
     entropy_names = sorted({key[1] for key in per_sample if key[0] == "entropy"})
     similarity_names = sorted({key[1] for key in per_sample if key[0] == "similarity"})
     blocks = []
     for layer in range(num_layers):
         for granularity in GRANULARITIES:
-            (p_in, o_in), (p_out, o_out) = endpoints[granularity]
+            (p_in, o_in), (p_out, o_out) = ENDPOINTS[granularity]
             for name in entropy_names:
                 h_in = per_sample[("entropy", name, p_in, layer + o_in)]
                 h_out = per_sample[("entropy", name, p_out, layer + o_out)]
@@ -286,7 +287,7 @@ def own_pass_blocks(loaded: LoadedModel, windows: Windows, settings: ScoreSettin
     for name in settings.own_passes:
         criterion = criteria.get(name)
         fn = criterion.bind(**settings.estimator_params(name))
-        for granularity in tqdm(GRANULARITIES, desc=name, unit="granularity", disable=not progress):
+        for granularity in tqdm(settings.granularities, desc=name, unit="granularity", disable=not progress):
             present = set(layouts.prunable(loaded.model, granularity))
             result = fn(loaded.model, windows.input_ids, granularity, [i for i in candidates if i in present])
             runs.setdefault(name, {})[granularity] = {"cost": asdict(result.cost),

@@ -178,16 +178,21 @@ def model_identity(spec: str = DEFAULT_MODEL, device: str = "auto", dtype: str =
     return _identity(spec, target, source, torch_device, resolve_dtype(dtype, torch_device))
 
 
-def model_num_layers(spec: str) -> int | None:
-    """The number of decoder layers of ``spec``, from its config alone (None: a Hub model not on disk)."""
+def model_config(spec: str):
+    """The transformers configuration of ``spec``, without its weights (None: a Hub model not on disk)."""
     from transformers import AutoConfig
 
     target, source = _locate(spec)
     try:
-        config = AutoConfig.from_pretrained(target, local_files_only=source == "hub" and not hub_reachable())
+        return AutoConfig.from_pretrained(target, local_files_only=source == "hub" and not hub_reachable())
     except (OSError, ValueError):
         return None
-    return config_text(config).num_hidden_layers
+
+
+def model_num_layers(spec: str) -> int | None:
+    """The number of decoder layers of ``spec``, from its config alone (None: a Hub model not on disk)."""
+    config = model_config(spec)
+    return None if config is None else config_text(config).num_hidden_layers
 
 
 def _locate(spec: str) -> tuple[str, str]:

@@ -101,15 +101,18 @@ class Run:
 
     def sweep_settings(self, calibration: str | None = None) -> SweepSettings:
         """The sweep on ``calibration``: on the first calibration set every K with the primary tier, on
-        the others the headline K (and the dense model) on ``limit`` examples."""
+        the others the headline K (and the dense model) on ``limit`` examples, for the primary criteria
+        (all criteria when there is no primary tier)."""
         calibration = calibration or self.calibration
         primary = calibration == self.calibration
-        drops = list(self.drops)
+        c = self.config
+        drops, methods = list(self.drops), list(c.methods)
         if not primary and self.num_layers is not None:
             drops = sorted({0, headline_k(drops, self.num_layers)})
-        c = self.config
+        if not primary and c.primary_methods:
+            methods = [m for m in methods if m in c.primary_methods]
         return SweepSettings(calibration=calibration, samples=c.samples, seqlen=c.seqlen, seed=c.seed,
-                             methods=list(c.methods), granularities=list(c.granularities), drops=drops,
+                             methods=methods, granularities=list(c.granularities), drops=drops,
                              protect=c.protect, data_source=c.data_source, baselines=list(c.baselines),
                              random_seeds=c.random_seeds, primary_methods=list(c.primary_methods),
                              primary_limit=c.primary_limit if primary else None,
@@ -362,13 +365,28 @@ def ensure_yardstick(run: Run) -> pd.DataFrame:
 def run_plan(run: Run, lengths, speed: bool = True) -> Any:
     """The :class:`companion.experiments.plan.Plan` of ``run``'s model: its sweeps on every calibration
     set and, with ``speed``, the speed runs of the speedup notebook (KNN order, attention and layers)."""
-    from companion.experiments.plan import build_plan
+    from companion.experiments import plan as planning
+    from companion.experiments.sweep import score_settings
+    from companion.method.orders import parse_protect
+    from companion.model.loading import model_config
+    from companion.names import GRANULARITIES
 
     timing = run.speed_settings()
-    plan = build_plan([run.model], [run.sweep_settings(c) for c in run.calibrations], run.eval_settings(), lengths,
-                      {"granularities": timing["granularities"], "drops": timing["drops"],
-                       "prompt": timing["prompt_len"], "new_tokens": timing["new_tokens"],
-                       "warmup": timing["warmup"], "repeats": timing["repeats"]} if speed else None)
+    sweeps = [run.sweep_settings(c) for c in run.calibrations]
+    plan = planning.build_plan([run.model], sweeps, run.eval_settings(), lengths,
+                               {"granularities": timing["granularities"], "drops": timing["drops"],
+                                "prompt": timing["prompt_len"], "new_tokens": timing["new_tokens"],
+                                "warmup": timing["warmup"], "repeats": timing["repeats"]} if speed else None)
+    config = model_config(run.model) if run.num_layers is not None else None
+    if config is not None:
+        share = planning.tail_share(config)
+        protect = "none" if run.protect == "auto" else run.protect
+        candidates = run.num_layers - len(parse_protect(protect, run.num_layers))
+        c = run.config
+        plan.criteria_tokens = sum(planning.own_pass_tokens(score_settings(s), candidates, c.samples, c.seqlen, share)
+                                   for s in sweeps)
+        plan.yardstick_tokens = planning.yardstick_tokens(run.num_layers, len(GRANULARITIES), c.yardstick_windows,
+                                                          c.yardstick_seqlen, share)
     plan.notes[:0] = _plan_notes(run)
     return plan
 
