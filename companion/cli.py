@@ -195,8 +195,8 @@ def cmd_yardstick(args: argparse.Namespace) -> int:
     config = _config(args)
     for model in config.models:
         run = build_run(config.for_model(model), model)
-        table = ensure_yardstick(run)
-        print(f"{run.out_dir / 'yardstick.csv'}: {len(table)} blocks", file=sys.stderr)
+        stored = ensure_yardstick(run)
+        print(f"{run.out_dir / 'yardstick.csv'}: {len(stored['rows'])} blocks", file=sys.stderr)
         run.release()
     return 0
 

@@ -31,6 +31,12 @@ def task_label(task: str) -> str:
     return f"{task} ({GUESS_NOTE})" if task in GUESSED_PAPER_TASKS else task
 
 
+def in_mean_accuracy(task: str) -> bool:
+    """Whether ``task`` enters mean accuracy, the paper's metric: a multiple-choice task (a known chance
+    level above 0). LAMBADA (chance 0) and perplexity are reported on their own."""
+    return CHANCE.get(task, 0.0) > 0
+
+
 def primary_metric(task: str) -> str:
     """The metric of ``task`` that enters mean accuracy (or perplexity)."""
     return PRIMARY_METRIC.get(task, "acc")

@@ -198,11 +198,12 @@ def test_imports_no_torch():
 
 def test_dense_comparisons_give_the_retention_interval():
     rng = np.random.default_rng(7)
-    frames = [accuracy_rows(rng, 60, p, m, K) for m in ("knn", "last") for K, p in ((0, 0.7), (2, 0.5))]
+    frames = [accuracy_rows(rng, 60, p, m, K) for m in ("knn", "last", "random:0") for K, p in ((0, 0.7), (2, 0.5))]
     examples = pd.concat(frames, ignore_index=True)
     table = cmp.dense_comparisons(examples, n_resamples=300)
-    assert set(zip(table["method_a"], table["method_b"], table["K"])) == {("knn", cmp.DENSE, 2)}  # no baselines
-    row = table.iloc[0]
+    pairs = set(zip(table["method_a"], table["method_b"], table["K"]))
+    assert pairs == {(m, cmp.DENSE, 2) for m in ("knn", "last", "random")}  # the baselines too, the seeds pooled
+    row = table[table["method_a"] == "knn"].iloc[0]
     at = lambda K: examples[(examples["method"] == "knn") & (examples["K"] == K)]  # noqa: E731
     expected = 100 * np.mean([primary(at(2), t).mean() - primary(at(0), t).mean() for t in TASKS])
     assert row["diff"] == pytest.approx(expected) and row["ci_low"] <= row["diff"] <= row["ci_high"]

@@ -94,6 +94,8 @@ def test_example_samples_are_seeded_nested_and_sorted():
     assert evaluation.sample_indices(5, 20) == list(range(5)) and evaluation.sample_indices(5, None) == list(range(5))
     shards = [evaluation.sample_indices(1000, 20, shard=(i, 3)) for i in range(3)]
     assert sorted(sum(shards, [])) == small and [len(s) for s in shards] == [7, 7, 6]  # disjoint, together the sample
+    one = evaluation.sample_indices(1000, 1)
+    assert [evaluation.sample_indices(1000, 1, shard=(i, 3)) for i in range(3)] == [one] * 3  # never empty
 
 
 def _scores(num_layers: int = 4) -> dict:

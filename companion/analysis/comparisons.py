@@ -29,7 +29,7 @@ from statsmodels.stats.multitest import multipletests
 
 from companion.analysis.verdicts import Verdict, is_missing
 from companion.method import criteria
-from companion.names import CHANCE, PERPLEXITY_TASK, primary_metric
+from companion.names import CHANCE, PERPLEXITY_TASK, in_mean_accuracy, primary_metric
 
 DENSE = "dense"  # method_b of a comparison against the dense model (K = 0) on the same examples
 LAST = "last"
@@ -133,7 +133,7 @@ def comparisons(examples: pd.DataFrame, pairs: Sequence[tuple[str, str]] | None 
     settings = examples[examples["K"] != 0].groupby(SETTING, sort=True, dropna=False)
     for setting, group in settings:
         for method_a, method_b in pairs or default_pairs(group["method"].unique(), baselines):
-            a, b = _method_rows(group, method_a), _method_rows(group, method_b)
+            a, b = method_rows(group, method_a), method_rows(group, method_b)
             if a.empty or b.empty:
                 continue
             for metric, result in _compare(a, b, RANDOM in (method_a, method_b), confidence, n_resamples, seed):
@@ -164,16 +164,21 @@ def calibration_comparisons(examples: pd.DataFrame, first: str, second: str, con
 
 def dense_comparisons(examples: pd.DataFrame, confidence: float = 0.95, n_resamples: int = 2000,
                       seed: int = 0) -> pd.DataFrame:
-    """Each criterion's pruning at every K > 0 against the dense model (K = 0) of the same model,
-    calibration set and granularity, paired on the examples both evaluated: rows with ``method_b`` =
-    ``"dense"``, whose accuracy ``diff`` and interval give the retention with its interval."""
+    """Each criterion's pruning, and each baseline's (``last``; ``random``: the seeds pooled), at every
+    K > 0 against the dense model (K = 0) of the same model, calibration set and granularity, paired on
+    the examples both evaluated: rows with ``method_b`` = ``"dense"``, whose accuracy ``diff`` and
+    interval give the retention with its interval, and whose perplexity ``diff`` is the drop set's
+    held-out cost (the increase of NLL per token)."""
     rows = []
-    criteria = examples[(examples["method"] != LAST) & ~examples["method"].str.startswith(RANDOM_PREFIX)]
-    for (model, calibration, granularity), group in criteria.groupby(["model", "calibration", "granularity"]):
+    pooled = examples["method"].where(~examples["method"].str.startswith(RANDOM_PREFIX), RANDOM)
+    for (model, calibration, granularity), group in examples.groupby(["model", "calibration", "granularity"]):
         dense = group[group["K"] == 0]
         dense = dense[dense["method"] == dense["method"].iloc[0]] if len(dense) else dense
-        for (method, k), pruned in group[group["K"] != 0].groupby(["method", "K"]):
-            for metric, result in _compare(pruned, dense, False, confidence, n_resamples, seed) if len(dense) else []:
+        pruned_rows = group[group["K"] != 0]
+        for (method, k), pruned in pruned_rows.groupby([pooled.loc[pruned_rows.index], "K"]):
+            is_random = method == RANDOM
+            pruned = pool_seeds(pruned) if is_random else pruned
+            for metric, result in _compare(pruned, dense, is_random, confidence, n_resamples, seed) if len(dense) else []:
                 rows.append({"model": model, "calibration": calibration, "granularity": granularity, "K": k,
                              "method_a": method, "method_b": DENSE, "metric": metric,
                              **{key: result[key] for key in COLUMNS[7:]}})
@@ -383,7 +388,7 @@ def _wilcoxon(diff: np.ndarray) -> float:
     return float(stats.wilcoxon(diff).pvalue) if len(diff) > 1 else math.nan
 
 
-def _method_rows(group: pd.DataFrame, method: str) -> pd.DataFrame:
+def method_rows(group: pd.DataFrame, method: str) -> pd.DataFrame:
     """The rows of ``method`` in one setting; for ``"random"``, the random seeds pooled."""
     if method != RANDOM:
         return group[group["method"] == method]
@@ -393,14 +398,19 @@ def _method_rows(group: pd.DataFrame, method: str) -> pd.DataFrame:
 
 def _compare(a: pd.DataFrame, b: pd.DataFrame, pooled: bool, confidence: float, n_resamples: int,
              seed: int) -> list[tuple[str, dict]]:
-    """("accuracy", result) over the lm-eval tasks both sides have, ("p_correct", result) over those of
-    them with ``p_correct`` on both sides, ("perplexity", result) if measured."""
+    """("accuracy", result) over the tasks of mean accuracy both sides have (multiple choice:
+    :func:`companion.names.in_mean_accuracy`), (task, result) for each other lm-eval task (LAMBADA),
+    ("p_correct", result) over the tasks with ``p_correct`` on both sides, ("perplexity", result) if
+    measured."""
     shared = set(a["task"]) & set(b["task"])
     options = {"confidence": confidence, "n_resamples": n_resamples, "seed": seed}
+    test = "wilcoxon" if pooled else "mcnemar"
     results = {}
-    if shared - {PERPLEXITY_TASK}:
-        results["accuracy"] = paired_accuracy(a, b, sorted(shared - {PERPLEXITY_TASK}),
-                                              test="wilcoxon" if pooled else "mcnemar", **options)
+    mean_tasks = sorted(t for t in shared if in_mean_accuracy(t))
+    if mean_tasks:
+        results["accuracy"] = paired_accuracy(a, b, mean_tasks, test=test, **options)
+    for task in sorted(shared - {PERPLEXITY_TASK} - set(mean_tasks)):  # e.g. LAMBADA, on its own
+        results[task] = paired_accuracy(a, b, [task], test=test, **options)
     graded = sorted(set(a.loc[a["metric"] == P_CORRECT, "task"]) & set(b.loc[b["metric"] == P_CORRECT, "task"]))
     if graded:
         results[P_CORRECT] = paired_accuracy(a, b, graded, test="wilcoxon", metric=P_CORRECT, **options)

@@ -41,11 +41,17 @@ FIGURE_PAGES: tuple[FigurePage, ...] = (
                computes=False, figures=("entropy_by_depth", "delta_entropy_heatmap", "norm_and_scale_free_knn"),
                reads=("scores_<cal>.json",)),
     FigurePage("accuracy_vs_pruning", "Accuracy vs. number of dropped blocks",
-               "the mean zero-shot accuracy after dropping K blocks chosen by entropy (bucket, KNN) and by "
-               "cosine similarity, at attention and layer granularity",
-               computes=True, figures=("accuracy_vs_pruning", "retention_vs_pruning", "accuracy_per_task_<model>",
-                                       "perplexity_vs_pruning_<model>"),
+               "the mean zero-shot accuracy, the probability on the gold choice and LAMBADA accuracy after "
+               "dropping K blocks chosen by entropy, cosine, perplexity and SLEB, at attention and layer "
+               "granularity, beside random and last-K drop sets",
+               computes=True, figures=("accuracy_vs_pruning", "p_correct_vs_pruning", "lambada_vs_pruning",
+                                       "accuracy_per_task_<model>", "perplexity_vs_pruning_<model>"),
                reads=("scores_<cal>.json", "sweep_*.json", "examples_*.parquet")),
+    FigurePage("league", "Which criterion knows what a block is worth",
+               "what removing each block alone costs on held-out text (the yardstick), each criterion's rank "
+               "correlation with it, and what each criterion's drop sets cost",
+               computes=True, figures=("yardstick", "league"),
+               reads=("yardstick.json", "scores_<cal>.json", "sweep_<cal>.json", "comparisons.csv")),
     FigurePage("entropy_vs_cosine", "Entropy vs. cosine",
                "the entropy and cosine scores of every block side by side: per-block scatter, rank correlation "
                "and overlap of the drop sets",

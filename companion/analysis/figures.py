@@ -499,3 +499,131 @@ def speed_figure(speed: pd.DataFrame, *, title: str, caption: str) -> Figure:
         _k_axis(bottom, speed["K"])
         bottom.legend(loc="lower left")
     return _finish(fig, title, caption)
+
+
+# ---------------------------------------------------------------- curves with intervals, and the league
+
+@_styled
+def curve_figure(points: pd.DataFrame, *, methods: Sequence[str], granularities: Sequence[str], title: str,
+                 caption: str, ylabel: str, chance: Mapping[str, float] | None = None) -> Figure:
+    """A measure against K with its 95 % interval at every point (``points``:
+    :func:`companion.analysis.tables.curve_points`): one row of panels per model, one panel per
+    granularity; the criteria as lines with error bars, ``last`` dashed, the pooled random drop sets as
+    a shaded interval, the dense model and (``chance``, per model) the chance level as lines."""
+    models = list(dict.fromkeys(points["model"]))
+    fig, axes = _figure(len(models), len(granularities), width=4.2 * len(granularities) + 0.6,
+                        height=3.4 * len(models) + 0.6)
+    shown = [m for m in [*methods, "last"] if m in set(points["method"])]
+    for row, model in enumerate(models):
+        for col, granularity in enumerate(granularities):
+            ax = axes[row, col]
+            here = points[(points["model"] == model) & (points["granularity"] == granularity)]
+            dense = points[(points["model"] == model) & (points["K"] == 0)]
+            pooled = here[here["method"] == "random"].sort_values("K")
+            if len(pooled):
+                ax.fill_between(pooled["K"], pooled["ci_low"], pooled["ci_high"], color=color("random"), alpha=0.25,
+                                lw=0)
+                ax.plot(pooled["K"], pooled["mean"], color=color("random"), lw=1.2, marker=".",
+                        label=f"{label('random')} (seeds pooled), 95 % interval")
+            for index, method in enumerate(shown):
+                rows = here[here["method"] == method].sort_values("K")
+                if rows.empty:
+                    continue
+                ax.errorbar(_dodge(rows["K"], index, len(shown)), rows["mean"],
+                            yerr=[rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]], color=color(method),
+                            ls="--" if method == "last" else "-", marker=marker(method), ms=4, capsize=2.5, lw=1.3,
+                            label=label(method))
+            if len(dense):
+                ax.axhline(float(dense["mean"].iloc[0]), color="0.2", ls=":", lw=1.2, label="dense model")
+            if chance and model in chance:
+                ax.axhline(chance[model], color="#B22222", ls="-.", lw=1.0, label="chance")
+            ax.set_title(f"{model}: {GRANULARITY_LABELS.get(granularity, granularity)}")
+            _k_axis(ax, here["K"])
+            if row == 0 and col == 0:
+                ax.legend(loc="best", fontsize=7)
+        axes[row, 0].set_ylabel(ylabel)
+    return _finish(fig, title, caption)
+
+
+@_styled
+def league_figure(rho: pd.DataFrame, costs: pd.DataFrame, *, methods: Sequence[str], granularities: Sequence[str],
+                  title: str, caption: str) -> Figure:
+    """Left: each criterion's Spearman ρ with the yardstick (dot and 95 % interval) per granularity, one
+    row per model. Right: the held-out cost of each criterion's drop sets (NLL increase per token on
+    WikiText-2 test windows) against K per granularity of the curves, with 95 % intervals."""
+    models = list(dict.fromkeys(rho["model"]))
+    curve_grans = [g for g in granularities if g in set(costs["granularity"])]
+    fig, axes = _figure(len(models), 1 + len(curve_grans), width=4.4 + 3.8 * len(curve_grans),
+                        height=3.3 * len(models) + 0.8)
+    order = [m for m in methods if m in set(rho["criterion"])]
+    for row, model in enumerate(models):
+        ax = axes[row, 0]
+        mine = rho[rho["model"] == model]
+        grans = [g for g in GRANULARITY_LABELS if g in set(mine["granularity"])]
+        for gi, granularity in enumerate(grans):
+            for mi, method in enumerate(order):
+                hit = mine[(mine["granularity"] == granularity) & (mine["criterion"] == method)]
+                if hit.empty:
+                    continue
+                y = mi + (gi - (len(grans) - 1) / 2) * 0.22
+                value, low, high = (float(hit[c].iloc[0]) for c in ("rho", "ci_low", "ci_high"))
+                ax.errorbar([value], [y], xerr=[[value - low if np.isfinite(low) else 0],
+                                                [high - value if np.isfinite(high) else 0]],
+                            color=color(method), marker=("o", "s", "D")[gi % 3], ms=4, capsize=2, lw=1.2)
+        ax.axvline(0, color="0.3", lw=1.0, ls=":")
+        ax.set_yticks(range(len(order)), [criteria.short(m) for m in order])
+        ax.invert_yaxis()
+        ax.set_xlim(-1.05, 1.05)
+        ax.set_xlabel("Spearman ρ with the yardstick")
+        ax.set_title(f"{model}: ρ per granularity")
+        handles = [Line2D([], [], color="0.3", marker=("o", "s", "D")[i % 3], ls="", label=GRANULARITY_LABELS[g])
+                   for i, g in enumerate(grans)]
+        ax.legend(handles=handles, loc="lower left", fontsize=7)
+        for col, granularity in enumerate(curve_grans, start=1):
+            ax = axes[row, col]
+            here = costs[(costs["model"] == model) & (costs["granularity"] == granularity)]
+            shown = [m for m in [*methods, "random", "last"] if m in set(here["method"])]
+            for index, method in enumerate(shown):
+                rows = here[here["method"] == method].sort_values("K")
+                if rows["K"].nunique() < 2:
+                    continue
+                ax.errorbar(_dodge(rows["K"], index, len(shown)), rows["cost"],
+                            yerr=[rows["cost"] - rows["ci_low"], rows["ci_high"] - rows["cost"]], color=color(method),
+                            ls="--" if method in ("last", "random") else "-", marker=marker(method), ms=3.5,
+                            capsize=2, lw=1.2, label=label(method))
+            ax.set_yscale("symlog", linthresh=0.05)
+            ax.set_ylabel("held-out NLL increase (nats/token)")
+            ax.set_title(f"{model}: drop sets, {GRANULARITY_LABELS.get(granularity, granularity)}")
+            _k_axis(ax, here["K"])
+            if row == 0 and col == 1:
+                ax.legend(loc="upper left", fontsize=7)
+    return _finish(fig, title, caption)
+
+
+@_styled
+def yardstick_figure(table: pd.DataFrame, protected: Mapping[str, Sequence[int]], *, title: str,
+                     caption: str) -> Figure:
+    """What removing each block alone costs on held-out text (``table``: the yardstick's tidy rows), one
+    row of panels per model, one panel per granularity: the NLL increase per token with its 95 %
+    interval (symmetric-log scale: a few blocks cost orders of magnitude more); the protected blocks grey."""
+    models = list(dict.fromkeys(table["model"]))
+    grans = [g for g in GRANULARITY_LABELS if g in set(table["granularity"])]
+    fig, axes = _figure(len(models), len(grans), width=4.0 * len(grans) + 0.6, height=3.0 * len(models) + 0.8)
+    for row, model in enumerate(models):
+        for col, granularity in enumerate(grans):
+            ax = axes[row, col]
+            here = table[(table["model"] == model) & (table["granularity"] == granularity)].sort_values("block")
+            guarded = set(protected.get(model, ()))
+            colors = ["0.7" if b in guarded else "#0072B2" for b in here["block"]]
+            ax.bar(here["block"], here["delta_nll"], color=colors, width=0.8,
+                   yerr=[here["delta_nll"] - here["ci_low"], here["ci_high"] - here["delta_nll"]],
+                   error_kw={"lw": 0.8, "capsize": 1.5, "ecolor": "0.2"})
+            ax.set_yscale("symlog", linthresh=0.01)
+            ax.axhline(0, color="0.3", lw=0.8)
+            ax.set_xlabel("block (layer index)")
+            ax.set_title(f"{model}: {GRANULARITY_LABELS[granularity]}")
+        axes[row, 0].set_ylabel("held-out NLL increase (nats/token)")
+    handles = [matplotlib.patches.Patch(color="#0072B2", label="prunable block"),
+               matplotlib.patches.Patch(color="0.7", label="protected block")]
+    axes[0, 0].legend(handles=handles, loc="upper right", fontsize=7)
+    return _finish(fig, title, caption)

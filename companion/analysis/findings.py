@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from companion.analysis.comparisons import DENSE, chance_retention, holm, verdict
+from companion.analysis.comparisons import DENSE, RANDOM_PREFIX, chance_retention, holm, verdict
 from companion.analysis.tables import (
     dense_accuracy,
     drop_set_overlap,
@@ -32,7 +32,7 @@ from companion.analysis.verdicts import (
 )
 from companion.method import criteria
 from companion.method.orders import compression_stage, drop_order, headline_k
-from companion.names import PERPLEXITY_TASK
+from companion.names import PERPLEXITY_TASK, in_mean_accuracy
 
 HEADLINE_RETENTION = 95.0  # the paper's headline: "95%+" of the dense accuracy kept
 STANDARD_ENTROPY = ("knn", "bucket", "renyi")
@@ -298,7 +298,8 @@ def evidence_numbers(comparisons: pd.DataFrame, examples: pd.DataFrame, acc: pd.
     glue keys, ``m1``/``m2``), at the headline K (the K closest to 37.5 % of the layers) on ``calibration``:
 
     ``{p}_model``, ``{p}_num_layers``, ``{p}_headline_k``, ``{p}_headline_pct``, ``{p}_drops``,
-    ``{p}_n_primary`` and ``{p}_n_other`` (examples per pruning over all tasks); per granularity ``g``:
+    ``{p}_n_primary`` and ``{p}_n_other`` (examples per pruning over the tasks of mean accuracy, the random
+    seeds pooled); per granularity ``g``:
     ``{p}_{g}_knn_vs_cosine`` (verdict with its 95 % CI), ``{p}_{g}_knn_vs_cosine_halfwidth``,
     ``{p}_{g}_knn_vs_cosine_mdd`` (smallest difference the run could detect, 80 % power),
     ``{p}_{g}_knn_vs_cosine_ppl``, ``{p}_{g}_{m}_vs_{b}`` for m in knn/cosine and b in random/last,
@@ -310,7 +311,9 @@ def evidence_numbers(comparisons: pd.DataFrame, examples: pd.DataFrame, acc: pd.
     ks = sorted(k for k in acc.loc[acc["model"] == model, "K"].unique())
     head = headline_k(ks, num_layers)
     rows = examples[(examples["model"] == model) & (examples["calibration"] == calibration)]
-    sizes = rows[rows["metric"] == "acc"].groupby(["method", "granularity", "K"])["doc_id"].count()
+    counted = rows[(rows["metric"] == "acc") & rows["task"].map(in_mean_accuracy)]
+    pooled = counted["method"].where(~counted["method"].str.startswith(RANDOM_PREFIX), "random")  # seeds on shards
+    sizes = counted.groupby([pooled, "granularity", "K"])["doc_id"].count()
     numbers: dict[str, Any] = {
         f"{prefix}_model": model, f"{prefix}_num_layers": num_layers, f"{prefix}_headline_k": head,
         f"{prefix}_headline_pct": 100 * head / num_layers, f"{prefix}_drops": ", ".join(map(str, ks)),
@@ -377,3 +380,88 @@ def missing_model_numbers(prefix: str) -> dict[str, Any]:
         numbers.update({f"{prefix}_{g}_{t}": math.nan for t in ("knn_vs_cosine_halfwidth", "knn_vs_cosine_mdd",
                                                                 *(f"{m}_chance_retention" for m in PRIMARY_PAIR))})
     return numbers
+
+
+# ---------------------------------------------------------------- the league
+
+def league_numbers(rho: pd.DataFrame, costs: pd.DataFrame, heads: Mapping[str, int],
+                   model_runs: Sequence[str]) -> dict[str, Any]:
+    """The league's glue values, per model (prefix ``m1``/``m2``, in run order; a missing model "not
+    measured") and granularity ``g``: ``{p}_model``; ``{p}_{g}_best_rho`` (the criterion with the
+    highest ρ with the yardstick, with its interval), ``{p}_{g}_knn_rho`` (KNN's ρ, interval and rank
+    among the criteria), ``{p}_{g}_last_rho`` (reverse order's), ``{p}_{g}_knn_verdict`` (whether KNN
+    entropy is the best, apart from the best, or not separated from it, and whether last K does as well,
+    judged by whether the 95 % intervals overlap); for the granularities of the curves
+    ``{p}_{g}_best_cost`` (the criterion whose drop set costs least on held-out text at the headline K,
+    with its interval, beside the random and last-K drop sets'); ``{p}_{g}_{c}_cell`` for each criterion
+    ``c`` of ``LEAGUE_ROWS`` (ρ with its interval, and the held-out cost of its drop set at the headline
+    K where evaluated: one cell of the summary's league table)."""
+    numbers: dict[str, Any] = {}
+    for index, prefix in enumerate(("m1", "m2")):
+        model = model_runs[index] if index < len(model_runs) else None
+        numbers[f"{prefix}_model"] = model or "not measured"
+        for g in ("attn", "mlp", "layer"):
+            mine = rho[(rho["model"] == model) & (rho["granularity"] == g)] if model else rho.iloc[:0]
+            ranked = mine[mine["criterion"] != "last"].sort_values("rho", ascending=False).reset_index(drop=True)
+            numbers[f"{prefix}_{g}_best_rho"] = (f"{criteria.short(ranked['criterion'][0])}, "
+                                                 f"{_rho_text(ranked.iloc[0])}" if len(ranked) else "not measured")
+            knn = ranked.index[ranked["criterion"] == "knn"]
+            numbers[f"{prefix}_{g}_knn_rho"] = (f"{_rho_text(ranked.iloc[knn[0]])}, rank {knn[0] + 1} of {len(ranked)}"
+                                                if len(knn) else "not measured")
+            last = mine[mine["criterion"] == "last"]
+            numbers[f"{prefix}_{g}_last_rho"] = _rho_text(last.iloc[0]) if len(last) else "not measured"
+            numbers[f"{prefix}_{g}_knn_verdict"] = _entropy_verdict(ranked, last)
+            here = costs[(costs["model"] == model) & (costs["granularity"] == g)
+                         & (costs["K"] == heads.get(model, -1))] if model else costs.iloc[:0]
+            for name in LEAGUE_ROWS:
+                numbers[f"{prefix}_{g}_{name}_cell"] = _league_cell(mine, here, name)
+            rival = here[~here["method"].isin(["random", "last"])].sort_values("cost")
+            if len(rival):
+                top = rival.iloc[0]
+                text = f"{criteria.short(top['method'])}, {top['cost']:.3f} [{top['ci_low']:.3f}, {top['ci_high']:.3f}]"
+                for base, name in (("random", "random drop sets"), ("last", "last K")):
+                    found = here[here["method"] == base]
+                    if len(found):
+                        text += f"; {name} {found['cost'].iloc[0]:.3f}"
+                numbers[f"{prefix}_{g}_best_cost"] = text + " nats/token"
+            else:
+                numbers[f"{prefix}_{g}_best_cost"] = "not measured"
+    return numbers
+
+
+# The rows of the summary's league table, in its order.
+LEAGUE_ROWS = ("knn", "bucket", "renyi", "cosine", "angular", "ppl", "sleb", "taylor", "last")
+
+
+def _league_cell(rho: pd.DataFrame, costs: pd.DataFrame, name: str) -> str:
+    """ρ with its interval and, where evaluated, the held-out cost at the headline K, as one table cell."""
+    found = rho[rho["criterion"] == name]
+    if found.empty:
+        return "–"
+    text = _rho_text(found.iloc[0]).replace("ρ = ", "")
+    cost = costs[costs["method"] == name]
+    return text + (f"; cost {cost['cost'].iloc[0]:.2f}" if len(cost) else "")
+
+
+def _entropy_verdict(ranked: pd.DataFrame, last: pd.DataFrame) -> str:
+    """KNN entropy against the best criterion and reverse order, by their ρ intervals (in words)."""
+    if ranked.empty or not (ranked["criterion"] == "knn").any():
+        return "not measured"
+    knn = ranked[ranked["criterion"] == "knn"].iloc[0]
+    top = ranked.iloc[0]
+    if top["criterion"] == "knn":
+        text = "KNN entropy follows the yardstick best"
+    elif knn["ci_high"] < top["ci_low"]:
+        text = f"{criteria.short(top['criterion'])} follows the yardstick better than KNN entropy (intervals apart)"
+    else:
+        text = (f"{criteria.short(top['criterion'])} has the highest ρ, but its interval overlaps KNN's: this run "
+                "does not separate them")
+    if len(last) and last["rho"].iloc[0] >= knn["ci_low"]:
+        text += "; last K does as well as KNN (its ρ lies within or above KNN's interval)"
+    return text
+
+
+def _rho_text(row: Mapping[str, Any]) -> str:
+    low, high = row["ci_low"], row["ci_high"]
+    interval = f" [{low:.2f}, {high:.2f}]" if np.isfinite(low) and np.isfinite(high) else ""
+    return f"ρ = {row['rho']:.2f}{interval}"

@@ -18,7 +18,7 @@ from scipy import stats
 from companion.analysis.comparisons import RANDOM_PREFIX, chance_accuracy, chance_retention
 from companion.errors import CompanionError
 from companion.method.orders import DropOrder, compression_stage, drop_order
-from companion.names import CHANCE, GRANULARITIES, PERPLEXITY_TASK, primary_metric
+from companion.names import GRANULARITIES, PERPLEXITY_TASK, in_mean_accuracy, primary_metric
 
 # ---------------------------------------------------------------- entropy profiles
 
@@ -273,7 +273,8 @@ def _dense_means(acc: pd.DataFrame) -> dict[tuple, float]:
 
 
 def mean_accuracy(sweep: pd.DataFrame) -> pd.DataFrame:
-    """Mean primary accuracy over tasks per (model, calibration, method, granularity, K), with retention.
+    """Mean primary accuracy over the multiple-choice tasks (:func:`companion.names.in_mean_accuracy`;
+    LAMBADA and perplexity apart) per (model, calibration, method, granularity, K), with retention.
 
     ``stderr`` of the mean is sqrt(Σ se²) / n_tasks (tasks independent; NaN if a task has none).
     ``retention`` is 100 × mean / dense mean, the dense model being K = 0 of the same model and
@@ -282,8 +283,9 @@ def mean_accuracy(sweep: pd.DataFrame) -> pd.DataFrame:
     of the dense model's accuracy above chance that is kept (0 % = chance). Perplexity is left out.
     """
     tasks = task_accuracy(sweep)
+    tasks = tasks[tasks["task"].map(in_mean_accuracy)]
     if tasks.empty:
-        raise CompanionError("the sweep has no accuracy task (only perplexity?)")
+        raise CompanionError("the sweep has no multiple-choice task (only perplexity or LAMBADA?)")
     rows = []
     for key, group in tasks.groupby(KEYS, sort=True):
         se = group["stderr"].to_numpy(dtype=float)
@@ -419,7 +421,7 @@ def load_speed(path: str | Path) -> pd.DataFrame:
 def multiple_choice_tasks(tasks: Iterable[str]) -> list[str]:
     """The tasks among ``tasks`` with a chance level above 0 (multiple choice), in order: those whose
     mean accuracy the paper reports; LAMBADA (chance 0) and perplexity are shown on their own."""
-    return [t for t in tasks if t != PERPLEXITY_TASK and CHANCE.get(t, 0.0) > 0]
+    return [t for t in tasks if in_mean_accuracy(t)]
 
 
 def curve_points(examples: pd.DataFrame, tasks: Sequence[str], metric: str = "primary",
@@ -438,6 +440,7 @@ def curve_points(examples: pd.DataFrame, tasks: Sequence[str], metric: str = "pr
     if rows.empty:
         raise CompanionError(f"no per-example '{metric}' values for the tasks {', '.join(tasks)}")
     rows = rows.assign(method=rows["method"].where(~rows["method"].str.startswith(RANDOM_PREFIX), "random"))
+    rows = rows.groupby([*KEYS, "task", "doc_id"], sort=True)["value"].mean().reset_index()  # one value per example
     per_task = rows.groupby([*KEYS, "task"], sort=True)["value"].agg(["mean", "var", "count"]).reset_index()
     per_task["se2"] = per_task["var"].fillna(0.0) / per_task["count"]
     grouped = per_task.groupby(KEYS, sort=True)

@@ -168,14 +168,18 @@ def sample_indices(size: int, limit: int | None, seed: int = SAMPLE_SEED,
                    shard: tuple[int, int] | None = None) -> list[int]:
     """A seeded random sample of ``limit`` of ``size`` example indices, sorted (all when ``limit`` is None);
     with ``shard = (i, n)`` every n-th of them from the i-th (the shards of one sample are disjoint and
-    together make it).
+    together make it; a sample with fewer than n items gives shard i its (i mod size)-th item, so no
+    shard is empty).
 
     The sample is the first ``limit`` entries of one seeded permutation, so a smaller limit draws a
     subset of a larger one's examples and every pruning sees the same ones.
     """
     chosen = list(range(size)) if limit is None or limit >= size else sorted(
         int(i) for i in np.random.default_rng(seed).permutation(size)[:limit])
-    return chosen if shard is None else chosen[shard[0]::shard[1]]
+    if shard is None or not chosen:
+        return chosen
+    index, count = shard
+    return chosen[index::count] or [chosen[index % len(chosen)]]
 
 
 def _rows_from_lm_eval(results: dict, task: str) -> list[dict]:

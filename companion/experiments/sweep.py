@@ -53,7 +53,7 @@ from companion.method.orders import (
 from companion.method.scoring import Scores, ScoreSettings, cached_scores
 from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning, count_parameters, temporarily_pruned
-from companion.names import CHANCE, PERPLEXITY_TASK, primary_metric
+from companion.names import PERPLEXITY_TASK, in_mean_accuracy, primary_metric
 from companion.provenance import environment, timestamp
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class SweepSettings:
 def primary_tier_tasks(tasks: list[str]) -> list[str]:
     """The tasks the primary tier enlarges: those of mean accuracy (multiple choice, chance above 0) and
     perplexity, in order."""
-    return [t for t in tasks if t == PERPLEXITY_TASK or CHANCE.get(t, 0.0) > 0]
+    return [t for t in tasks if t == PERPLEXITY_TASK or in_mean_accuracy(t)]
 
 
 def calibration_label(calibration: str) -> str:

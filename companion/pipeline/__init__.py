@@ -12,6 +12,7 @@ from companion.pipeline.run import (
     comparisons_path,
     ensure_comparisons,
     ensure_examples,
+    ensure_league,
     ensure_scores,
     ensure_speed,
     ensure_sweep,
@@ -21,5 +22,5 @@ from companion.pipeline.run import (
 )
 
 __all__ = ["PROFILES", "Run", "RunConfig", "additions", "build_run", "comparisons_path", "ensure_comparisons",
-           "ensure_examples", "ensure_scores", "ensure_speed", "ensure_sweep", "ensure_yardstick", "from_parameters", "model_runs",
-           "resolve"]
+           "ensure_examples", "ensure_league", "ensure_scores", "ensure_speed", "ensure_sweep", "ensure_yardstick",
+           "from_parameters", "model_runs", "resolve"]

@@ -325,12 +325,13 @@ def ensure_speed(run: Run, scores: dict, method: str = "knn",
     return speed_frame(store.cached(path, speed_key(identity, scores, settings), compute)["rows"])
 
 
-def ensure_yardstick(run: Run) -> pd.DataFrame:
+def ensure_yardstick(run: Run) -> dict:
     """The yardstick of ``run``'s model: the held-out NLL increase per token when each block of each
     granularity alone is removed, with its interval (:mod:`companion.experiments.yardstick`), on
     ``yardstick_windows`` WikiText-2 test documents of ``yardstick_seqlen`` tokens. Stored as
-    ``yardstick.json`` (with every window's NLL, for bootstraps that resample windows) and written as the
-    tidy ``yardstick.csv``. Each granularity's time is logged as it finishes."""
+    ``yardstick.json`` (its ``rows``: the tidy table; its ``windows``: every window's NLL, for
+    bootstraps that resample windows) and written as the tidy ``yardstick.csv``; returns the stored
+    content. Each granularity's time is logged as it finishes."""
     from companion.experiments.yardstick import HELDOUT, heldout_windows, measure
     from companion.io import atomic_write_text
     from companion.method.calibration import load_documents
@@ -356,8 +357,47 @@ def ensure_yardstick(run: Run) -> pd.DataFrame:
                 "cost": {g: asdict(cost) for g, cost in result.cost.items()},
                 "rows": result.table.to_dict("records"), "windows": result.windows.to_dict("list")}
 
-    stored = store.cached(path, key, compute)
-    return pd.DataFrame(stored["rows"])
+    return store.cached(path, key, compute)
+
+
+def league_path(run: Run) -> Path:
+    """Where a run's rank correlations with the yardstick live: ``{results_dir}/{profile}/league_rho.csv``."""
+    return run.results_dir / run.profile / "league_rho.csv"
+
+
+def ensure_league(run: Run) -> pd.DataFrame:
+    """Spearman's ρ between every criterion of the run (and the ``last`` baseline) and the yardstick,
+    per model and granularity, over the prunable blocks, with bootstrap intervals
+    (:func:`companion.analysis.league.rho_table`); the yardstick and the first calibration set's scores
+    and sweep are computed if needed. Stored as ``league_rho.json`` (keyed by the files it reads and the
+    code that computes it) and written as the tidy ``league_rho.csv``."""
+    from companion.analysis import league
+    from companion.experiments.sweep import scores_path
+    from companion.io import atomic_write_text, sha256_file
+    from companion.names import GRANULARITIES
+
+    runs = model_runs(run)
+    yardsticks = {r.label: ensure_yardstick(r) for r in runs}
+    for r in runs:
+        ensure_sweep(r)
+    key = {"kind": "league", "code": sha256_file(league.__file__),
+           "inputs": {r.label: {"yardstick": sha256_file(r.out_dir / "yardstick.json"),
+                                "scores": sha256_file(scores_path(r.out_dir, r.calibration))} for r in runs}}
+
+    def compute() -> dict:
+        parts = []
+        for r in runs:
+            scores, sweep = ensure_scores(r), ensure_sweep(r)
+            blocks = league.prunable_blocks(scores["num_layers"], league.protected_layers(sweep))
+            names = [m for m in r.methods if m in criteria.scored()] + [league.LAST]
+            parts.append(league.rho_table(scores, yardsticks[r.label], r.label, names, blocks, GRANULARITIES))
+        table = pd.concat(parts, ignore_index=True)
+        atomic_write_text(league_path(run), table.to_csv(index=False, lineterminator="\n"))
+        return {"rows": table.astype(object).where(table.notna(), None).to_dict("records")}
+
+    stored = store.cached(league_path(run).with_suffix(".json"), key, compute)
+    return pd.DataFrame(stored["rows"], columns=league.RHO_COLUMNS).astype(
+        {c: float for c in ("rho", "ci_low", "ci_high")})
 
 
 # ---------------------------------------------------------------- what a run computes, before it starts
