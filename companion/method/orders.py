@@ -91,15 +91,18 @@ class DropOrder:
         return "_".join(map(str, ranks))
 
     def to_json(self) -> dict:
-        """The order as JSON, with the paper code's rank string."""
-        return {**asdict(self), "rank_string": self.rank_string()}
+        """The order as JSON, with the paper code's rank string; a layer without a score (a protected
+        one, which criteria with passes of their own do not score) has ``null``."""
+        values = [v if math.isfinite(v) else None for v in self.values]
+        return {**asdict(self), "values": values, "rank_string": self.rank_string()}
 
     @classmethod
     def from_json(cls, data: dict) -> DropOrder:
         """An order saved by :meth:`to_json`, checked: every layer once, protected or in the order."""
         try:
             order = cls(str(data["method"]), str(data["granularity"]), [int(i) for i in data["order"]],
-                        [int(i) for i in data["protected"]], [float(v) for v in data["values"]],
+                        [int(i) for i in data["protected"]],
+                        [math.nan if v is None else float(v) for v in data["values"]],
                         int(data["num_layers"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise CompanionError(f"malformed drop order: {exc!r}") from exc
