@@ -141,3 +141,11 @@ def test_league_numbers_name_the_best_criterion_and_where_entropy_stands():
         "m1_attn_best_cost"]
     assert numbers["m1_attn_knn_cell"] == "0.30 [0.10, 0.50]; cost 0.20" and numbers["m1_attn_taylor_cell"] == "–"
     assert numbers["m2_model"] == "not measured" and numbers["m2_layer_best_rho"] == "not measured"
+
+
+def test_a_single_zero_one_task_gets_wilson_intervals_that_stay_informative_at_zero():
+    rows = pd.DataFrame([{"model": "m", "calibration": "c4", "granularity": "attn", "K": 2, "method": "knn",
+                          "task": "lambada_openai", "doc_id": d, "metric": "acc", "value": 0.0} for d in range(20)])
+    point = tables.curve_points(rows, ["lambada_openai"]).iloc[0]
+    assert point["mean"] == 0 and point["ci_low"] == pytest.approx(0, abs=1e-12)
+    assert point["ci_high"] == pytest.approx(0.1611, abs=1e-3)  # Wilson: z² / (n + z²) at 0 successes of 20

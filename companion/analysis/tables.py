@@ -430,8 +430,10 @@ def curve_points(examples: pd.DataFrame, tasks: Sequence[str], metric: str = "pr
     mean per-example ``metric`` (``primary``: each task's metric of the paper's mean, see
     :func:`companion.names.primary_metric`; or e.g. ``p_correct``), its standard error
     √(Σ se²) / n_tasks (tasks independent, se = sd / √n within a task) and the normal ``ci_low`` /
-    ``ci_high`` at ``confidence``, ``half_width`` and the examples ``n``. The random drop sets are
-    pooled into method ``random`` (each seed's shard of the examples together: one sample)."""
+    ``ci_high`` at ``confidence``, ``half_width`` and the examples ``n``; for a single task of 0/1
+    values (LAMBADA accuracy) Wilson's interval instead, which stays honest at 0 and 1 (``half_width``
+    is then half its width). The random drop sets are pooled into method ``random`` (each seed's shard
+    of the examples together: one sample)."""
     rows = examples[examples["task"].isin(tasks)]
     if metric == "primary":
         rows = rows[rows["metric"] == rows["task"].map(primary_metric)]
@@ -450,4 +452,11 @@ def curve_points(examples: pd.DataFrame, tasks: Sequence[str], metric: str = "pr
     z = stats.norm.ppf(0.5 + confidence / 2)
     table["half_width"] = z * table["stderr"]
     table["ci_low"], table["ci_high"] = table["mean"] - table["half_width"], table["mean"] + table["half_width"]
+    if len(set(rows["task"])) == 1 and rows["value"].isin((0.0, 1.0)).all():  # one 0/1 task: Wilson's interval
+        from statsmodels.stats.proportion import proportion_confint
+
+        hits = np.round(table["mean"] * table["n"]).astype(int)
+        low, high = proportion_confint(hits, table["n"], alpha=1 - confidence, method="wilson")
+        table["ci_low"], table["ci_high"] = np.asarray(low, float), np.asarray(high, float)
+        table["half_width"] = (table["ci_high"] - table["ci_low"]) / 2
     return table
