@@ -77,15 +77,13 @@ def test_paper_profile_end_to_end_offline(tmp_path):
         sweep = _companion("sweep", "--profile", "paper", "--model", model, "--limit", LIMIT,
                            "--calibration", "c4,wikitext2", "--results", str(results), cwd=tmp_path, env=env)
         assert sweep.returncode == 0, sweep.stderr[-3000:]
-        assert "at most 37 distinct" in sweep.stderr and "boolq*" in sweep.stderr and "estimate" in sweep.stderr
+        assert "at most 45 distinct" in sweep.stderr and "boolq*" in sweep.stderr and "estimate" in sweep.stderr
         assert "clipped to K = 1" in sweep.stderr
-        assert "13 distinct evaluations (prunings; random seeds on shards) × 14 tasks" in sweep.stderr
+        assert "3 distinct evaluations (prunings; random seeds on shards) × 14 tasks" in sweep.stderr  # 2 < 5 seeds
         rows = json.loads((results / "paper" / f"tiny-{family}" / "sweep_c4.json").read_text())["rows"]
         assert {r["task"] for r in rows} == {*PAPER_TASKS, *GUESSED_PAPER_TASKS, PERPLEXITY_TASK}
         assert {r["K"] for r in rows} == {0, 1} and {r["protected"] for r in rows} == {"0 1 3"}
-        ppl = [r for r in rows if r["task"] == PERPLEXITY_TASK]
-        assert {r["n"] for r in ppl if not (r["method"].startswith("random:") and r["K"] > 0)} == {2 * 2048}
-        assert {r["n"] for r in ppl if r["method"].startswith("random:") and r["K"] > 0} == {2048}  # a seed's share
+        assert {r["n"] for r in rows if r["task"] == PERPLEXITY_TASK} == {2 * 2048}  # too few to split among seeds
 
         notebooks = tmp_path / "notebooks" / family
         reproduce = _companion("reproduce", "--profile", "paper", "--model", model, "--limit", LIMIT,

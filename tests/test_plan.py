@@ -82,6 +82,7 @@ def test_counting_arithmetic():
     # + baselines once: random (5 seeds on shards of the examples: one pruning's cost) and last × 2
     # granularities × 3 K; primary: dense + 2 × 2
     assert planning.pruning_upper_bound(tiered) == (1 + 12 + 2 + 6 + 12, 5)
+    assert planning.pruning_upper_bound(tiered, limit=3) == (1 + 12 + 2 + 6 + 36, 5)  # too few to split: 6 orders
     assert planning.perplexity_windows(10_000, 2048, None) == 4
     assert planning.perplexity_windows(10_000, 2048, 2) == 2
     words = lambda texts: [len(t.split()) for t in texts]  # noqa: E731

@@ -134,11 +134,12 @@ def yardstick_tokens(num_layers: int, granularities: int, windows: int, seqlen: 
     return granularities * (1 + num_layers * share) * windows * seqlen
 
 
-def pruning_upper_bound(sweeps: Sequence) -> tuple[int, int]:
+def pruning_upper_bound(sweeps: Sequence, limit: int | None = None) -> tuple[int, int]:
     """Distinct prunings at most, and how many of them are in the primary tier, over ``sweeps``
     (``SweepSettings``): the dense model, one per criterion × granularity × K > 0 that each sweep
     evaluates (criteria outside ``curve_methods`` at the headline K only), and the baselines once (the
-    random seeds, each on its shard of the examples, as one)."""
+    random seeds, each on its shard of the examples, as one, unless ``limit`` examples are too few to
+    split among them)."""
     total, primary, baselines = 1, 0, set()
     for sweep in sweeps:
         ks = [k for k in sweep.drops if k > 0]
@@ -147,8 +148,9 @@ def pruning_upper_bound(sweeps: Sequence) -> tuple[int, int]:
         total += len(sweep.granularities) * (len(curve) * len(ks) + (len(sweep.methods) - len(curve)) * heads)
         if sweep.primary_limit:
             primary += len(sweep.granularities) * len(set(sweep.primary_methods) & set(sweep.methods)) * heads
-        baselines |= {(name.split(":")[0], g, k) for name in sweep.baseline_names for g in sweep.granularities
-                      for k in ks}  # the random seeds split the examples: together they cost one pruning
+        split = sweep.random_seeds > 1 and (limit is None or limit >= sweep.random_seeds)
+        baselines |= {(name.split(":")[0] if split else name, g, k) for name in sweep.baseline_names
+                      for g in sweep.granularities for k in ks}  # seeds that split the examples cost one pruning
     tiered = any(sweep.primary_limit for sweep in sweeps)
     return total + len(baselines), primary + tiered
 
@@ -209,7 +211,7 @@ def build_plan(models: Sequence[str], sweeps: Sequence, eval_settings, lengths: 
     (``EvalSettings``) gives tasks and limit; ``speed`` (optional) holds the speed runs' ``granularities``,
     ``drops``, ``prompt``, ``new_tokens``, ``warmup``, ``repeats``."""
     eval_settings.validate()
-    prunings, primary = pruning_upper_bound(sweeps)
+    prunings, primary = pruning_upper_bound(sweeps, eval_settings.limit)
     first = sweeps[0]
     plan = Plan(list(models), [s.calibration for s in sweeps], first.samples, first.seqlen, prunings, False,
                 [count_task(task, eval_settings, lengths) for task in eval_settings.tasks], eval_settings.limit)

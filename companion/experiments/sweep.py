@@ -223,7 +223,7 @@ def run_sweep(model: Callable[[], LoadedModel], settings: SweepSettings, eval_se
         sweep_path(out_dir, settings.calibration).unlink()  # its per-example table is missing or changed
         stored = None
     if stored is None:
-        distinct = len({_evaluation_id(key[0], p, settings) for key, p in prunings.items()})
+        distinct = len({_evaluation_id(key[0], p, settings, eval_settings.limit) for key, p in prunings.items()})
         log.info("%s: %d distinct evaluations (prunings; random seeds on shards) × %d tasks = %d (stored ones "
                  "are reused)",
                  calibration_label(settings.calibration), distinct, len(eval_settings.tasks),
@@ -268,11 +268,14 @@ def _pruning_id(pruning: Pruning) -> tuple[str, tuple[int, ...]]:
     return (pruning.granularity, tuple(pruning.layers)) if pruning.layers else ("dense", ())
 
 
-def random_shard(method: str, settings: SweepSettings) -> tuple[int, int] | None:
+def random_shard(method: str, settings: SweepSettings, limit: int | None) -> tuple[int, int] | None:
     """The examples' shard a random drop set is evaluated on: seed s of n takes the s-th of n interleaved
     shards of the sample (:func:`companion.experiments.evaluation.sample_indices`), so the seeds pooled
-    cover every example once, at the cost of one pruning; other methods take the whole sample."""
+    cover every example once, at the cost of one pruning; other methods, and every seed when the sample
+    (``limit`` examples per task) is too small to give each seed one, take the whole sample."""
     if not method.startswith(RANDOM_PREFIX) or settings.random_seeds < 2:
+        return None
+    if limit is not None and limit < settings.random_seeds:
         return None
     return (int(method[len(RANDOM_PREFIX):]), settings.random_seeds)
 
@@ -283,7 +286,7 @@ def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSet
     """Evaluate each distinct (pruning, shard) once (the dense model once for all); expand to the
     aggregate rows and the per-example table."""
     cache = out_dir / store.EVALUATIONS  # the result store's entries, beside the results (not committed)
-    ids = {key: _evaluation_id(key[0], pruning, settings) for key, pruning in prunings.items()}
+    ids = {key: _evaluation_id(key[0], pruning, settings, eval_settings.limit) for key, pruning in prunings.items()}
     primary = primary_prunings(prunings, settings, orders[0].num_layers) if settings.primary_limit else set()
     wide = settings.primary_evaluation(eval_settings)
     entries, params = {}, {}
@@ -323,11 +326,11 @@ def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSet
     return rows, pd.concat(frames, ignore_index=True)[EXAMPLE_COLUMNS]
 
 
-def _evaluation_id(method: str, pruning: Pruning,
-                   settings: SweepSettings) -> tuple[str, tuple[int, ...], tuple[int, int] | None]:
+def _evaluation_id(method: str, pruning: Pruning, settings: SweepSettings,
+                   limit: int | None) -> tuple[str, tuple[int, ...], tuple[int, int] | None]:
     """What one evaluation is: the pruning and, for a random drop set, its shard of the examples."""
     granularity, layers = _pruning_id(pruning)
-    return granularity, layers, None if granularity == "dense" else random_shard(method, settings)
+    return granularity, layers, None if granularity == "dense" else random_shard(method, settings, limit)
 
 
 def _example_frame(records: dict, label: dict) -> pd.DataFrame:
