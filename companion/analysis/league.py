@@ -24,7 +24,7 @@ import pandas as pd
 from companion.analysis import comparisons as paired
 from companion.errors import CompanionError
 from companion.method import criteria
-from companion.names import ENDPOINTS, PERPLEXITY_TASK
+from companion.names import ENDPOINTS
 
 RHO_COLUMNS = ["model", "granularity", "criterion", "rho", "ci_low", "ci_high", "n_blocks", "resampled"]
 LAST = "last"
@@ -222,11 +222,6 @@ def protected_layers(sweep: pd.DataFrame) -> list[int]:
     if len(values) != 1:
         raise CompanionError(f"expected one protected-layers rule in the sweep, found {list(values)}")
     return [int(v) for v in values[0].split()]
-
-
-def perplexity_rows(examples: pd.DataFrame) -> pd.DataFrame:
-    """The per-window perplexity rows of a per-example table (for held-out costs of drop sets)."""
-    return examples[examples["task"] == PERPLEXITY_TASK]
 
 
 def league_table(rho: pd.DataFrame, costs: pd.DataFrame, accuracy: pd.DataFrame, graded: pd.DataFrame,
