@@ -4,6 +4,8 @@ from here."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 GRANULARITIES = ("attn", "mlp", "layer")
 # Where each granularity's block starts and ends among the hidden states a scoring pass records: (point,
 # layer offset) at its input and its output; "boundary" i is layer i's input, "mid" i the residual
@@ -11,6 +13,10 @@ GRANULARITIES = ("attn", "mlp", "layer")
 ENDPOINTS = {"attn": (("boundary", 0), ("mid", 0)), "mlp": (("mid", 0), ("boundary", 1)),
              "layer": (("boundary", 0), ("boundary", 1))}
 PERPLEXITY_TASK = "wikitext2_ppl"
+# The null references: seeded random drop sets (one order per seed, named ``random:<seed>``) and the last K.
+RANDOM = "random"
+LAST = "last"
+RANDOM_PREFIX = f"{RANDOM}:"
 # The accuracy each task contributes to a mean: length-normalised where the choices differ in length
 # and the convention of the field reports it (HellaSwag, ARC-Challenge, OpenBookQA), plain otherwise.
 PRIMARY_METRIC = {"hellaswag": "acc_norm", "arc_challenge": "acc_norm", "openbookqa": "acc_norm",
@@ -40,3 +46,16 @@ def in_mean_accuracy(task: str) -> bool:
 def primary_metric(task: str) -> str:
     """The metric of ``task`` that enters mean accuracy (or perplexity)."""
     return PRIMARY_METRIC.get(task, "acc")
+
+
+def baseline_names(baselines: Iterable[str], random_seeds: int) -> list[str]:
+    """The baseline orders chosen by ``baselines``: ``random:0`` … ``random:<seeds-1>`` where ``random``
+    is among them, then ``last``."""
+    chosen = set(baselines)
+    return [f"{RANDOM_PREFIX}{seed}" for seed in range(random_seeds)] * (RANDOM in chosen) + [LAST] * (LAST in chosen)
+
+
+def random_seed(method: str) -> int | None:
+    """The seed of a random drop set's name ``random:<seed>``; None for any other method."""
+    tail = method[len(RANDOM_PREFIX):]
+    return int(tail) if method.startswith(RANDOM_PREFIX) and tail.isdigit() else None

@@ -29,12 +29,9 @@ from statsmodels.stats.multitest import multipletests
 
 from companion.analysis.verdicts import Verdict, is_missing
 from companion.method import criteria
-from companion.names import CHANCE, PERPLEXITY_TASK, in_mean_accuracy, primary_metric
+from companion.names import CHANCE, LAST, PERPLEXITY_TASK, RANDOM, RANDOM_PREFIX, in_mean_accuracy, primary_metric
 
 DENSE = "dense"  # method_b of a comparison against the dense model (K = 0) on the same examples
-LAST = "last"
-RANDOM = "random"  # method_b of a comparison against the random drop sets pooled over their seeds
-RANDOM_PREFIX = "random:"
 SETTING = ["model", "calibration", "granularity", "K"]
 COLUMNS = SETTING + ["method_a", "method_b", "metric", "diff", "ci_low", "ci_high", "p_value", "n", "se", "mdd",
                      "test"]

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from companion.analysis.comparisons import DENSE, RANDOM_PREFIX, chance_retention, holm, verdict
+from companion.analysis.comparisons import DENSE, chance_retention, holm, verdict
 from companion.analysis.tables import (
     dense_accuracy,
     drop_set_overlap,
@@ -32,7 +32,7 @@ from companion.analysis.verdicts import (
 )
 from companion.method import criteria
 from companion.method.orders import compression_stage, drop_order, headline_k
-from companion.names import PERPLEXITY_TASK, in_mean_accuracy
+from companion.names import LAST, PERPLEXITY_TASK, RANDOM, RANDOM_PREFIX, in_mean_accuracy
 
 HEADLINE_RETENTION = 95.0  # the paper's headline: "95%+" of the dense accuracy kept
 STANDARD_ENTROPY = ("knn", "bucket", "renyi")
@@ -333,8 +333,8 @@ def evidence_numbers(comparisons: pd.DataFrame, examples: pd.DataFrame, acc: pd.
         numbers[f"{prefix}_{g}_knn_vs_cosine_mdd"] = primary.get("mdd", math.nan)
         numbers[f"{prefix}_{g}_knn_vs_cosine_ppl"] = verdict(row(g, head, *PRIMARY_PAIR, "perplexity"), "KNN", "cosine")
         for m in PRIMARY_PAIR:
-            for b in ("random", "last"):
-                numbers[f"{prefix}_{g}_{m}_vs_{b}"] = verdict(row(g, head, m, b), criteria.short(m), f"{b} K" if b == "last"
+            for b in (RANDOM, LAST):
+                numbers[f"{prefix}_{g}_{m}_vs_{b}"] = verdict(row(g, head, m, b), criteria.short(m), f"{b} K" if b == LAST
                                                               else "random drop sets")
             where = {"model": model, "calibration": calibration, "method": m, "granularity": g}
             numbers.update(_retention_numbers(row(g, head, m, DENSE), lookup(acc, "mean", **where, K=0),
@@ -374,7 +374,7 @@ def missing_model_numbers(prefix: str) -> dict[str, Any]:
     numbers[f"{prefix}_headline_pct"] = math.nan
     for g in STANDARD_GRANULARITIES:
         texts = ["knn_vs_cosine", "knn_vs_cosine_ppl", "curve_verdict"]
-        texts += [f"{m}_vs_{b}" for m in PRIMARY_PAIR for b in ("random", "last")]
+        texts += [f"{m}_vs_{b}" for m in PRIMARY_PAIR for b in (RANDOM, LAST)]
         texts += [f"{m}_{what}" for m in PRIMARY_PAIR for what in ("retention", "headline_verdict")]
         numbers.update({f"{prefix}_{g}_{t}": "not measured" for t in texts})
         numbers.update({f"{prefix}_{g}_{t}": math.nan for t in ("knn_vs_cosine_halfwidth", "knn_vs_cosine_mdd",
@@ -402,24 +402,24 @@ def league_numbers(rho: pd.DataFrame, costs: pd.DataFrame, heads: Mapping[str, i
         numbers[f"{prefix}_model"] = model or "not measured"
         for g in ("attn", "mlp", "layer"):
             mine = rho[(rho["model"] == model) & (rho["granularity"] == g)] if model else rho.iloc[:0]
-            ranked = mine[mine["criterion"] != "last"].sort_values("rho", ascending=False).reset_index(drop=True)
+            ranked = mine[mine["criterion"] != LAST].sort_values("rho", ascending=False).reset_index(drop=True)
             numbers[f"{prefix}_{g}_best_rho"] = (f"{criteria.short(ranked['criterion'][0])}, "
                                                  f"{_rho_text(ranked.iloc[0])}" if len(ranked) else "not measured")
             knn = ranked.index[ranked["criterion"] == "knn"]
             numbers[f"{prefix}_{g}_knn_rho"] = (f"{_rho_text(ranked.iloc[knn[0]])}, rank {knn[0] + 1} of {len(ranked)}"
                                                 if len(knn) else "not measured")
-            last = mine[mine["criterion"] == "last"]
+            last = mine[mine["criterion"] == LAST]
             numbers[f"{prefix}_{g}_last_rho"] = _rho_text(last.iloc[0]) if len(last) else "not measured"
             numbers[f"{prefix}_{g}_knn_verdict"] = _entropy_verdict(ranked, last)
             here = costs[(costs["model"] == model) & (costs["granularity"] == g)
                          & (costs["K"] == heads.get(model, -1))] if model else costs.iloc[:0]
             for name in LEAGUE_ROWS:
                 numbers[f"{prefix}_{g}_{name}_cell"] = _league_cell(mine, here, name)
-            rival = here[~here["method"].isin(["random", "last"])].sort_values("cost")
+            rival = here[~here["method"].isin([RANDOM, LAST])].sort_values("cost")
             if len(rival):
                 top = rival.iloc[0]
                 text = f"{criteria.short(top['method'])}, {top['cost']:.3f} [{top['ci_low']:.3f}, {top['ci_high']:.3f}]"
-                for base, name in (("random", "random drop sets"), ("last", "last K")):
+                for base, name in ((RANDOM, "random drop sets"), (LAST, "last K")):
                     found = here[here["method"] == base]
                     if len(found):
                         text += f"; {name} {found['cost'].iloc[0]:.3f}"
@@ -430,7 +430,7 @@ def league_numbers(rho: pd.DataFrame, costs: pd.DataFrame, heads: Mapping[str, i
 
 
 # The rows of the summary's league table, in its order.
-LEAGUE_ROWS = ("knn", "bucket", "renyi", "cosine", "angular", "ppl", "sleb", "taylor", "last")
+LEAGUE_ROWS = ("knn", "bucket", "renyi", "cosine", "angular", "ppl", "sleb", "taylor", LAST)
 
 
 def _league_cell(rho: pd.DataFrame, costs: pd.DataFrame, name: str) -> str:

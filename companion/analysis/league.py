@@ -24,10 +24,9 @@ import pandas as pd
 from companion.analysis import comparisons as paired
 from companion.errors import CompanionError
 from companion.method import criteria
-from companion.names import ENDPOINTS
+from companion.names import ENDPOINTS, LAST, RANDOM, RANDOM_PREFIX
 
 RHO_COLUMNS = ["model", "granularity", "criterion", "rho", "ci_low", "ci_high", "n_blocks", "resampled"]
-LAST = "last"
 
 
 def yardstick_table(stored: Mapping) -> pd.DataFrame:
@@ -161,7 +160,7 @@ def curve_verdicts(examples: pd.DataFrame, criteria_names: Sequence[str], tasks:
     for (model, calibration, granularity), group in curves.groupby(["model", "calibration", "granularity"]):
         top = (best or {}).get((model, granularity))
         for name in criteria_names:
-            for other in dict.fromkeys([paired.RANDOM, "cosine", top or name]):
+            for other in dict.fromkeys([RANDOM, "cosine", top or name]):
                 if other == name:
                     continue
                 ks = _shared_ks(group, name, other)
@@ -191,7 +190,7 @@ def curve_verdict_text(row: Mapping) -> str:
 
 def _shared_ks(group: pd.DataFrame, a: str, b: str) -> list[int]:
     def ks(method: str) -> set[int]:
-        rows = group[group["method"].str.startswith(paired.RANDOM_PREFIX)] if method == paired.RANDOM else \
+        rows = group[group["method"].str.startswith(RANDOM_PREFIX)] if method == RANDOM else \
             group[group["method"] == method]
         return set(rows["K"].unique())
 

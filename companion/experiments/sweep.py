@@ -53,11 +53,10 @@ from companion.method.orders import (
 from companion.method.scoring import Scores, ScoreSettings, cached_scores
 from companion.model.loading import LoadedModel
 from companion.model.surgery import Pruning, count_parameters, temporarily_pruned
-from companion.names import PERPLEXITY_TASK, in_mean_accuracy, primary_metric
+from companion.names import PERPLEXITY_TASK, baseline_names, in_mean_accuracy, primary_metric, random_seed
 from companion.provenance import environment, timestamp
 
 log = logging.getLogger(__name__)
-RANDOM_PREFIX = "random:"
 COLUMNS = ["model", "calibration", "method", "granularity", "K", "dropped", "protected", "task", "metric", "primary",
            "value", "stderr", "n", "params"]
 EXAMPLE_COLUMNS = ["model", "calibration", "method", "granularity", "K", "task", "doc_id", "metric", "value"]
@@ -87,8 +86,7 @@ class SweepSettings:
     @property
     def baseline_names(self) -> list[str]:
         """Names of the baseline orders, ``random:0`` … ``random:<seeds-1>`` and ``last``, as chosen."""
-        names = [f"random:{seed}" for seed in range(self.random_seeds)] if "random" in self.baselines else []
-        return names + (["last"] if "last" in self.baselines else [])
+        return baseline_names(self.baselines, self.random_seeds)
 
     def primary_evaluation(self, settings: EvalSettings) -> EvalSettings:
         """``settings`` with the primary tier's example limit and perplexity windows, for the tasks the
@@ -273,11 +271,10 @@ def random_shard(method: str, settings: SweepSettings, limit: int | None) -> tup
     shards of the sample (:func:`companion.experiments.evaluation.sample_indices`), so the seeds pooled
     cover every example once, at the cost of one pruning; other methods, and every seed when the sample
     (``limit`` examples per task) is too small to give each seed one, take the whole sample."""
-    if not method.startswith(RANDOM_PREFIX) or settings.random_seeds < 2:
+    seed = random_seed(method)
+    if seed is None or settings.random_seeds < 2 or (limit is not None and limit < settings.random_seeds):
         return None
-    if limit is not None and limit < settings.random_seeds:
-        return None
-    return (int(method[len(RANDOM_PREFIX):]), settings.random_seeds)
+    return (seed, settings.random_seeds)
 
 
 def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSettings, eval_settings: EvalSettings,

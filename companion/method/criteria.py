@@ -32,6 +32,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from companion.errors import CompanionError
+from companion.names import LAST, RANDOM, random_seed
 
 Needs = Literal["hidden", "forward", "gradients", "none"]
 Kind = Literal["entropy", "similarity", "removal", "baseline"]
@@ -118,7 +119,7 @@ def get(name: str) -> Criterion:
 
     A name that is not registered is a one-line error listing the registered ones.
     """
-    base = "random" if name.startswith("random:") else name
+    base = RANDOM if random_seed(name) is not None else name
     if base not in CRITERIA:
         raise CompanionError(f"unknown criterion '{name}'; choose from {', '.join(CRITERIA)}")
     return CRITERIA[base]
@@ -149,8 +150,8 @@ def label(name: str) -> str:
     base = name.split(":")[0]
     if base not in CRITERIA:
         return name
-    if name.startswith("random:"):
-        return f"random (seed {name.split(':')[1]})"
+    if random_seed(name) is not None:
+        return f"random (seed {random_seed(name)})"
     return CRITERIA[base].label
 
 
@@ -208,8 +209,8 @@ register(Criterion("taylor", "Taylor+ (Shortened LLaMA)", "removal", "gradients"
                    {"windows": 5}, role="rival", short="Taylor+", color="#BCBD22", marker="*",
                    description="Σ |W ⊙ ∂L/∂W| over the block's weights on the calibration windows"))
 # Null references: orders that need no model.
-register(Criterion("random", "random drop sets (baseline)", "baseline", "none", None, role="baseline",
+register(Criterion(RANDOM, "random drop sets (baseline)", "baseline", "none", None, role="baseline",
                    short="random drop sets", color="0.55", marker=".",
                    description="a seeded random order of the prunable blocks"))
-register(Criterion("last", "last K (baseline)", "baseline", "none", None, role="baseline", short="last K",
+register(Criterion(LAST, "last K (baseline)", "baseline", "none", None, role="baseline", short="last K",
                    color="0.35", marker=".", description="the last prunable blocks first (reverse order)"))

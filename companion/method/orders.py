@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 
 from companion.errors import CompanionError
 from companion.method import criteria
-from companion.names import GRANULARITIES
+from companion.names import GRANULARITIES, LAST, random_seed
 
 AUTO_REFERENCE = "knn"  # the entropy profile whose compression stage ``auto`` protects, for every criterion
 HEADLINE_FRACTION = 12 / 32  # the paper's headline: 12 of 32 attention layers dropped (37.5 %)
@@ -166,10 +166,10 @@ def baseline_order(name: str, granularity: str, num_layers: int, protected: Iter
     ``random:<seed>`` a seeded random permutation (Python's ``random``, so it is stable across versions
     of numpy and torch). Its ``values`` are the drop ranks (protected layers rank last)."""
     prunable = [i for i in range(num_layers) if i not in set(protected)]
-    if name == "last":
+    if name == LAST:
         order = prunable[::-1]
-    elif re.fullmatch(r"random:\d+", name):
-        order = random.Random(int(name.split(":")[1])).sample(prunable, len(prunable))
+    elif random_seed(name) is not None:
+        order = random.Random(random_seed(name)).sample(prunable, len(prunable))
     else:
         raise CompanionError(f"unknown baseline '{name}'; use last or random:<seed>")
     ranks = {layer: rank for rank, layer in enumerate(order)}

@@ -49,7 +49,7 @@ from companion.errors import CompanionError
 from companion.experiments import EVAL_BATCH_SIZE
 from companion.hub import DATA_SOURCES
 from companion.method import criteria
-from companion.names import GRANULARITIES, GUESSED_PAPER_TASKS, PAPER_TASKS, PERPLEXITY_TASK
+from companion.names import GRANULARITIES, GUESSED_PAPER_TASKS, PAPER_TASKS, PERPLEXITY_TASK, baseline_names
 
 DEFAULT_PROFILE = "default"
 SPEED_BATCH_SIZE = 1
@@ -132,8 +132,7 @@ class RunConfig:
     @property
     def baseline_names(self) -> list[str]:
         """The baseline orders, ``random:0`` … ``random:<seeds-1>`` and ``last``, as chosen."""
-        names = [f"random:{seed}" for seed in range(self.random_seeds)] if "random" in self.baselines else []
-        return names + (["last"] if "last" in self.baselines else [])
+        return baseline_names(self.baselines, self.random_seeds)
 
     def for_model(self, model: str) -> RunConfig:
         """The configuration of one of the run's models: the profile's ``models_overrides`` for it, under
