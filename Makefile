@@ -69,11 +69,11 @@ APART := integration or paper_e2e or slow
 test: test-unit test-integration test-smoke
 
 test-unit: install
-	$(PY) -m pytest -q -m "not ($(APART))"
+	$(PY) -m pytest -q --durations=5 -m "not ($(APART))"
 
 # The book's tests (marked slow) are left to test-smoke, which runs them on the book built from the smoke run.
 test-integration: install
-	$(PY) -m pytest -q -m "$(APART)" --ignore=tests/test_book.py
+	$(PY) -m pytest -q --durations=10 -m "$(APART)" --ignore=tests/test_book.py
 
 # The smoke profile through every notebook into a copy of the book, then the same checks on that build.
 test-smoke: install browser
