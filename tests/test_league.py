@@ -149,3 +149,17 @@ def test_a_single_zero_one_task_gets_wilson_intervals_that_stay_informative_at_z
     point = tables.curve_points(rows, ["lambada_openai"]).iloc[0]
     assert point["mean"] == 0 and point["ci_low"] == pytest.approx(0, abs=1e-12)
     assert point["ci_high"] == pytest.approx(0.1611, abs=1e-3)  # Wilson: z² / (n + z²) at 0 successes of 20
+
+
+def test_the_league_figure_draws_each_drop_set_curve_once():
+    from companion.analysis import figures
+
+    rho = pd.DataFrame([{"model": "m", "granularity": "attn", "criterion": c, "rho": r, "ci_low": r - 0.1,
+                         "ci_high": r + 0.1} for c, r in (("knn", 0.3), ("cosine", 0.8), ("last", -0.2))])
+    costs = pd.DataFrame([{"model": "m", "calibration": "c4", "granularity": "attn", "K": k, "method": m,
+                           "cost": 0.1 * k, "ci_low": 0.1 * k - 0.05, "ci_high": 0.1 * k + 0.05}
+                          for m in ("knn", "cosine", "random", "last") for k in (1, 2)])
+    fig = figures.league_figure(rho, costs, methods=["knn", "cosine", "last"], granularities=["attn"],
+                                title="t", caption="c")
+    labels = fig.axes[1].get_legend_handles_labels()[1]
+    assert len(labels) == 4 and len(set(labels)) == 4

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from companion.method import criteria
+from companion.names import LAST, RANDOM
 
 GRANULARITY_LABELS = {"attn": "attention blocks", "mlp": "MLP blocks", "layer": "whole layers"}
 CALIBRATION_STYLES = ["-", "--", ":", "-."]
@@ -252,16 +253,16 @@ def evidence_figure(acc: pd.DataFrame, band: pd.DataFrame, *, methods: Sequence[
             here = acc[(acc["model"] == model) & (acc["granularity"] == granularity)]
             seeds = band[(band["model"] == model) & (band["granularity"] == granularity)].sort_values("K")
             if len(seeds):
-                ax.fill_between(seeds["K"], seeds["min"], seeds["max"], color=color("random"), alpha=0.25, lw=0)
-                ax.plot(seeds["K"], seeds["mean"], color=color("random"), lw=1.4, marker=".",
+                ax.fill_between(seeds["K"], seeds["min"], seeds["max"], color=color(RANDOM), alpha=0.25, lw=0)
+                ax.plot(seeds["K"], seeds["mean"], color=color(RANDOM), lw=1.4, marker=".",
                         label=f"{label('random')}: mean and range of {int(seeds['seeds'].max())} seeds")
-            for index, method in enumerate([*methods, "last"]):
+            for index, method in enumerate(dict.fromkeys([*methods, LAST])):
                 rows = here[here["method"] == method].sort_values("K")
                 if rows.empty:
                     continue
                 ax.errorbar(_dodge(rows["K"], index, len(methods) + 1), rows[y],
                             yerr=rows[error].fillna(0) if error else None, color=color(method),
-                            ls="--" if method == "last" else "-", marker=marker(method), ms=4,
+                            ls="--" if method == LAST else "-", marker=marker(method), ms=4,
                             capsize=3 if error else 0, lw=1.4, label=label(method))
             dense = here.loc[here["K"] == 0, y]
             reference = 100.0 if y != "mean" else (float(dense.iloc[0]) if len(dense) else math.nan)
@@ -513,17 +514,17 @@ def curve_figure(points: pd.DataFrame, *, methods: Sequence[str], granularities:
     models = list(dict.fromkeys(points["model"]))
     fig, axes = _figure(len(models), len(granularities), width=4.2 * len(granularities) + 0.6,
                         height=3.4 * len(models) + 0.6)
-    shown = [m for m in [*methods, "last"] if m in set(points["method"])]
+    shown = [m for m in dict.fromkeys([*methods, LAST]) if m in set(points["method"])]
     for row, model in enumerate(models):
         for col, granularity in enumerate(granularities):
             ax = axes[row, col]
             here = points[(points["model"] == model) & (points["granularity"] == granularity)]
             dense = points[(points["model"] == model) & (points["K"] == 0)]
-            pooled = here[here["method"] == "random"].sort_values("K")
+            pooled = here[here["method"] == RANDOM].sort_values("K")
             if len(pooled):
-                ax.fill_between(pooled["K"], pooled["ci_low"], pooled["ci_high"], color=color("random"), alpha=0.25,
+                ax.fill_between(pooled["K"], pooled["ci_low"], pooled["ci_high"], color=color(RANDOM), alpha=0.25,
                                 lw=0)
-                ax.plot(pooled["K"], pooled["mean"], color=color("random"), lw=1.2, marker=".",
+                ax.plot(pooled["K"], pooled["mean"], color=color(RANDOM), lw=1.2, marker=".",
                         label=f"{label('random')} (seeds pooled), 95 % interval")
             for index, method in enumerate(shown):
                 rows = here[here["method"] == method].sort_values("K")
@@ -531,7 +532,7 @@ def curve_figure(points: pd.DataFrame, *, methods: Sequence[str], granularities:
                     continue
                 ax.errorbar(_dodge(rows["K"], index, len(shown)), rows["mean"],
                             yerr=[rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]], color=color(method),
-                            ls="--" if method == "last" else "-", marker=marker(method), ms=4, capsize=2.5, lw=1.3,
+                            ls="--" if method == LAST else "-", marker=marker(method), ms=4, capsize=2.5, lw=1.3,
                             label=label(method))
             if len(dense):
                 ax.axhline(float(dense["mean"].iloc[0]), color="0.2", ls=":", lw=1.2, label="dense model")
@@ -582,14 +583,14 @@ def league_figure(rho: pd.DataFrame, costs: pd.DataFrame, *, methods: Sequence[s
         for col, granularity in enumerate(curve_grans, start=1):
             ax = axes[row, col]
             here = costs[(costs["model"] == model) & (costs["granularity"] == granularity)]
-            shown = [m for m in [*methods, "random", "last"] if m in set(here["method"])]
+            shown = [m for m in dict.fromkeys([*methods, RANDOM, LAST]) if m in set(here["method"])]
             for index, method in enumerate(shown):
                 rows = here[here["method"] == method].sort_values("K")
                 if rows["K"].nunique() < 2:
                     continue
                 ax.errorbar(_dodge(rows["K"], index, len(shown)), rows["cost"],
                             yerr=[rows["cost"] - rows["ci_low"], rows["ci_high"] - rows["cost"]], color=color(method),
-                            ls="--" if method in ("last", "random") else "-", marker=marker(method), ms=3.5,
+                            ls="--" if method in (LAST, RANDOM) else "-", marker=marker(method), ms=3.5,
                             capsize=2, lw=1.2, label=label(method))
             ax.set_yscale("symlog", linthresh=0.05)
             ax.set_ylabel("held-out NLL increase (nats/token)")
