@@ -72,6 +72,8 @@ def test_what_the_user_states_wins(layers):
     assert any("baselines" in line for line in additions(chosen.config))
     assert chosen.speed_settings()["repeats"] == 3 and build_run(resolve("default", {"limit": 2})).speed_settings()[
         "repeats"] == 2
+    assert chosen.eval_settings().ppl_windows == 10 and resolve("paper", {"limit": 2}).ppl_chunks == 2
+    assert resolve("default", {"limit": 40}).ppl_chunks == 16 and resolve("default", {"limit": -1}).ppl_chunks == 16
 
 
 def test_default_profile_runs_both_models_with_their_own_drops_and_sizes(layers):
@@ -83,6 +85,7 @@ def test_default_profile_runs_both_models_with_their_own_drops_and_sizes(layers)
     assert orders.headline_k(gemma.drops, 18) == 7 and orders.headline_k(smol.drops, 30) == 11
     first, second = smol.sweep_settings(), smol.sweep_settings("wikitext2")
     assert first.primary_limit == 380 and smol.limit == 20 and gemma.sweep_settings().primary_limit == 400
+    assert gemma.limit == 8 and gemma.eval_settings().ppl_windows == smol.eval_settings().ppl_windows == 16
     assert first.protect == second.protect == "first:2,last:1"
     assert second.drops == [0, 11] and second.primary_limit is None  # the second calibration set: headline K only
     assert second.methods == ["knn", "cosine"]  # ... for the primary criteria

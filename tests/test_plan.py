@@ -54,6 +54,7 @@ def test_limit_bounds_perplexity_windows_and_the_key():
     assert EvalSettings(limit=None, ppl_chunks=None).ppl_windows is None
     assert EvalSettings(limit=2, ppl_chunks=None).ppl_windows == 2
     assert EvalSettings(limit=8, ppl_chunks=1).ppl_windows == 1
+    assert EvalSettings(limit=8, ppl_chunks=16).ppl_windows == 16  # a profile's windows beside fewer examples
     keys = [evaluation_key({"spec": "m"}, None, PERPLEXITY_TASK, EvalSettings(tasks=[PERPLEXITY_TASK], limit=limit,
                                                                               data_source="local"))
             for limit in (2, 3)]

@@ -69,8 +69,9 @@ class Records(TypedDict):
 class EvalSettings:
     """What to evaluate and how: lm-eval task names (plus ``wikitext2_ppl``), limits, batch size.
 
-    ``limit`` bounds every task: the examples of each lm-eval task and the perplexity windows (at most
-    ``limit`` windows, fewer when ``ppl_chunks`` is smaller: :attr:`ppl_windows`). ``shard = (i, n)``
+    ``limit`` bounds the examples of each lm-eval task, and the perplexity windows where ``ppl_chunks``
+    does not set them (:attr:`ppl_windows`: a profile may so evaluate more windows than examples, while
+    a limit the user states bounds both, see :func:`companion.pipeline.config.resolve`). ``shard = (i, n)``
     evaluates only the i-th of n interleaved shards of that sample (the random drop sets of a sweep
     split the examples between their seeds, so that each example sees one random drop set).
     """
@@ -107,9 +108,8 @@ class EvalSettings:
 
     @property
     def ppl_windows(self) -> int | None:
-        """The smaller of ``ppl_chunks`` and ``limit``, the most perplexity windows evaluated (``None`` for all)."""
-        caps = [cap for cap in (self.ppl_chunks, self.limit) if cap is not None]
-        return min(caps) if caps else None
+        """The most perplexity windows evaluated: ``ppl_chunks`` where set, else ``limit`` (``None`` for all)."""
+        return self.ppl_chunks if self.ppl_chunks is not None else self.limit
 
     @property
     def online(self) -> bool:

@@ -264,8 +264,11 @@ def resolve(profile: str | None = None, overrides: Mapping[str, Any] | None = No
     models = chosen.get("models") or base.models
     per_model = dict(base.models_overrides.get(model or models[0], {}))
     values = {**per_model, **chosen, "stated": given}
-    if "limit" in chosen:  # the user's limit bounds every evaluation
+    if "limit" in chosen:  # the user's limit bounds every evaluation, perplexity windows included
         values.update(primary_limit=None, primary_ppl_chunks=None)
+        chunks, limit = values.get("ppl_chunks", base.ppl_chunks), chosen["limit"]
+        if limit is not None:
+            values["ppl_chunks"] = limit if chunks is None else min(chunks, limit)
     if "drops" in chosen:
         values["drop_fractions"] = ()
     if "methods" in chosen:
