@@ -59,6 +59,11 @@ def test_limit_bounds_perplexity_windows_and_the_key():
                                                                               data_source="local"))
             for limit in (2, 3)]
     assert [k["ppl_chunks"] for k in keys] == [2, 3]
+    from companion.experiments.sweep import SweepSettings, sweep_key
+
+    settings = EvalSettings(tasks=[PERPLEXITY_TASK], limit=8, ppl_chunks=16, data_source="local")
+    key = sweep_key({"key_sha256": "s"}, SweepSettings(), settings, {"spec": "m"})
+    assert key["evaluation"]["ppl_windows"] == 16  # a sweep's key records the windows evaluated
 
 
 @needs_data

@@ -192,6 +192,7 @@ def primary_prunings(prunings: dict[tuple[str, str, int], Pruning], settings: Sw
 def sweep_key(scores: Scores, settings: SweepSettings, eval_settings: EvalSettings, identity: dict) -> dict:
     """Every input that can change a sweep table (see :mod:`companion.store`)."""
     evaluation = {k: v for k, v in asdict(eval_settings).items() if k not in ("batch_size", "progress", "data_source")}
+    evaluation["ppl_windows"] = eval_settings.ppl_windows  # what is evaluated, not only what was asked for
     task_data = {task: evaluation_task_data(task, eval_settings.online) for task in eval_settings.tasks}
     return {"kind": "sweep", "scores": scores["key_sha256"], "settings": _portable(settings), "evaluation": evaluation,
             "task_data": task_data, "model": identity, "numerics": store.numerics()}
