@@ -233,7 +233,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from companion.pipeline.notebooks import run_notebooks
-    from companion.pipeline.run import PARAMETERS, plan_text
+    from companion.pipeline.run import PARAMETERS, ensure_results, from_parameters, plan_text
 
     config = _config(args)
     stated = {"model": args.model, "device": args.device, "dtype": args.dtype, "data_source": args.data_source,
@@ -242,6 +242,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                   **{k: v for k, v in stated.items() if v is not None and k in PARAMETERS}}
     if not args.no_plan:
         print(plan_text(config), file=sys.stderr)
+    if not args.only:  # every result first, so that the notebooks run once each
+        ensure_results(from_parameters(parameters))
     executed = run_notebooks(Path(args.notebooks), Path(args.out), parameters, csv_list(args.only) or None,
                              Path(args.book_figures) if args.book_figures else None, args.force)
     print(f"executed {len(executed)} notebook(s): {', '.join(executed) or 'none (all up to date)'}", file=sys.stderr)

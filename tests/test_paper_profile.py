@@ -1,15 +1,14 @@
-"""The paper profile end to end, offline, on tiny random Llama and Mistral checkpoints with LIMIT=2.
+"""The paper profile end to end, offline, on a tiny random Llama checkpoint with LIMIT=2.
 
 What a new user runs first (``make reproduce PROFILE=paper LIMIT=2`` with a local model), shrunk to CPU
-size: every task of the profile (13 lm-eval tasks and WikiText-2 perplexity) and the sweep command with
-its plan on both models, and all figure notebooks on the first (they read result files only, so a
-second family adds nothing there). The models have 4 layers and one token per character, so the
-profile's K = 4..16 are clipped to the one prunable layer (layers 0, 1 and 3 are protected) and each
-model has three distinct prunings: dense, attention 2 and layer 2. Their maximum length is 512 tokens
-(characters), which lm-eval truncates contexts to; the speed runs keep the profile's prompt and
-generated tokens with ``limit`` timed repeats. The C4 train shard the profile calibrates on exists only
-on the Hub, so the offline run calibrates on the local C4 validation copy and WikiText-2, as the error
-message of the plain run tells the user to.
+size: every task of the profile (13 lm-eval tasks and WikiText-2 perplexity), the sweep command with
+its plan, and all figure notebooks. Other families are covered block by block in ``test_families``. The
+model has 4 layers and one token per character, so the profile's K = 4..16 are clipped to the one
+prunable layer (layers 0, 1 and 3 are protected) and it has three distinct prunings: dense, attention
+2 and layer 2. Its maximum length is 512 tokens (characters), which lm-eval truncates contexts to; the
+speed runs keep the profile's prompt and generated tokens with ``limit`` timed repeats. The C4 train
+shard the profile calibrates on exists only on the Hub, so the offline run calibrates on the local C4
+validation copy and WikiText-2, as the error message of the plain run tells the user to.
 """
 
 from __future__ import annotations
@@ -47,11 +46,9 @@ def _character_tokenizer() -> transformers.PreTrainedTokenizerFast:
                                                 pad_token="<pad>", unk_token="<unk>")
 
 
-def _checkpoint(folder: Path, family: str) -> str:
-    config, model = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-                     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}[family]
+def _checkpoint(folder: Path) -> str:
     transformers.set_seed(0)
-    model(config(**TINY)).save_pretrained(folder)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY)).save_pretrained(folder)
     _character_tokenizer().save_pretrained(folder)
     return str(folder)
 
@@ -67,38 +64,33 @@ def test_paper_profile_end_to_end_offline(tmp_path):
     results = tmp_path / "results"
     started = time.perf_counter()
 
-    plain = _companion("sweep", "--profile", "paper", "--model", _checkpoint(tmp_path / "tiny-llama", "llama"),
+    plain = _companion("sweep", "--profile", "paper", "--model", _checkpoint(tmp_path / "tiny-llama"),
                        "--limit", LIMIT, cwd=tmp_path, env=env)
     assert plain.returncode == 2 and "c4:train is read from the Hub only" in plain.stderr
     assert plain.stderr.strip().count("\n") == 0, plain.stderr
 
-    for family in ("llama", "mistral"):
-        model = str(tmp_path / f"tiny-{family}")
-        if family == "mistral":
-            _checkpoint(Path(model), family)
-        sweep = _companion("sweep", "--profile", "paper", "--model", model, "--limit", LIMIT,
-                           "--calibration", "c4,wikitext2", "--results", str(results), cwd=tmp_path, env=env)
-        assert sweep.returncode == 0, sweep.stderr[-3000:]
-        assert "at most 45 distinct" in sweep.stderr and "boolq*" in sweep.stderr and "estimate" in sweep.stderr
-        assert "clipped to K = 1" in sweep.stderr
-        assert "3 distinct evaluations (prunings; random seeds on shards) × 14 tasks" in sweep.stderr  # 2 < 5 seeds
-        rows = json.loads((results / "paper" / f"tiny-{family}" / "sweep_c4.json").read_text())["rows"]
-        assert {r["task"] for r in rows} == {*PAPER_TASKS, *GUESSED_PAPER_TASKS, PERPLEXITY_TASK}
-        assert {r["K"] for r in rows} == {0, 1} and {r["protected"] for r in rows} == {"0 1 3"}
-        assert {r["n"] for r in rows if r["task"] == PERPLEXITY_TASK} == {2 * 2048}  # too few to split among seeds
-        if family != "llama":
-            continue
+    model = str(tmp_path / "tiny-llama")
+    sweep = _companion("sweep", "--profile", "paper", "--model", model, "--limit", LIMIT,
+                       "--calibration", "c4,wikitext2", "--results", str(results), cwd=tmp_path, env=env)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    assert "at most 45 distinct" in sweep.stderr and "boolq*" in sweep.stderr and "estimate" in sweep.stderr
+    assert "clipped to K = 1" in sweep.stderr
+    assert "3 distinct evaluations (prunings; random seeds on shards) × 14 tasks" in sweep.stderr  # 2 < 5 seeds
+    rows = json.loads((results / "paper" / "tiny-llama" / "sweep_c4.json").read_text())["rows"]
+    assert {r["task"] for r in rows} == {*PAPER_TASKS, *GUESSED_PAPER_TASKS, PERPLEXITY_TASK}
+    assert {r["K"] for r in rows} == {0, 1} and {r["protected"] for r in rows} == {"0 1 3"}
+    assert {r["n"] for r in rows if r["task"] == PERPLEXITY_TASK} == {2 * 2048}  # too few to split among seeds
 
-        notebooks = tmp_path / "notebooks" / family
-        reproduce = _companion("reproduce", "--profile", "paper", "--model", model, "--limit", LIMIT,
-                               "--calibration", "c4,wikitext2", "--results", str(results), "--out", str(notebooks),
-                               "--book-figures", "", "--notebooks", str(ROOT / "notebooks"), cwd=tmp_path, env=env)
-        assert reproduce.returncode == 0, reproduce.stderr[-3000:]
-        assert "plan:" in reproduce.stderr and f"executed {len(FIGURE_PAGES)} notebook(s)" in reproduce.stderr
-        out = results / "paper" / f"tiny-{family}"  # named by its folder, never its path
-        for name in ("sweep_c4.json", "sweep_wikitext2.json", "scores_c4.json", "speed.json"):
-            assert (out / name).is_file(), name
-        assert len(list((out / "figures").glob("*.png"))) >= 6
-        speed = json.loads((out / "speed.json").read_text())
-        assert speed["settings"]["repeats"] == int(LIMIT) and speed["settings"]["prompt_len"] == 1024
-    print(f"paper profile end to end, two tiny models: {time.perf_counter() - started:.0f} s")
+    notebooks = tmp_path / "notebooks"
+    reproduce = _companion("reproduce", "--profile", "paper", "--model", model, "--limit", LIMIT,
+                           "--calibration", "c4,wikitext2", "--results", str(results), "--out", str(notebooks),
+                           "--book-figures", "", "--notebooks", str(ROOT / "notebooks"), cwd=tmp_path, env=env)
+    assert reproduce.returncode == 0, reproduce.stderr[-3000:]
+    assert "plan:" in reproduce.stderr and f"executed {len(FIGURE_PAGES)} notebook(s)" in reproduce.stderr
+    out = results / "paper" / "tiny-llama"  # named by its folder, never its path
+    for name in ("sweep_c4.json", "sweep_wikitext2.json", "scores_c4.json", "speed.json"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "figures").glob("*.png"))) >= 6
+    speed = json.loads((out / "speed.json").read_text())
+    assert speed["settings"]["repeats"] == int(LIMIT) and speed["settings"]["prompt_len"] == 1024
+    print(f"paper profile end to end, a tiny model: {time.perf_counter() - started:.0f} s")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -309,7 +310,7 @@ def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSet
             params[key] = report["params_after"]
     bar.close()
     protected = {(o.method, o.granularity): " ".join(map(str, o.protected)) for o in orders}
-    rows, frames = [], []
+    rows, columns = [], {name: [] for name in EXAMPLE_COLUMNS}
     for (method, granularity, k), pruning in prunings.items():
         key = ids[(method, granularity, k)]
         label = {"model": model_label, "calibration": calibration_label(settings.calibration), "method": method,
@@ -320,8 +321,8 @@ def _evaluate_prunings(loaded: LoadedModel, model_label: str, settings: SweepSet
                              "protected": protected[(method, granularity)], "task": row["task"],
                              "metric": row["metric"], "primary": row["metric"] == primary_metric(row["task"]),
                              "value": row["value"], "stderr": row["stderr"], "n": row["n"], "params": params[key]})
-            frames.append(_example_frame(entry["records"], label))
-    return rows, pd.concat(frames, ignore_index=True)[EXAMPLE_COLUMNS]
+            _add_examples(entry["records"], label, columns)
+    return rows, pd.DataFrame(columns)
 
 
 def _evaluation_id(method: str, pruning: Pruning, settings: SweepSettings,
@@ -331,18 +332,23 @@ def _evaluation_id(method: str, pruning: Pruning, settings: SweepSettings,
     return granularity, layers, None if granularity == "dense" else random_shard(method, settings, limit)
 
 
-def _example_frame(records: dict, label: dict) -> pd.DataFrame:
-    """One evaluation's per-example records as tidy rows (choice log-likelihoods as ``loglik:<i>``)."""
-    base = pd.DataFrame({"task": records["task"], "doc_id": records["doc_id"]})
-    parts = [base.assign(metric=metric, value=values) for metric, values in records["metrics"].items()]
-    if records["loglik"]:
-        ll = pd.DataFrame(records["loglik"]).add_prefix("loglik:")
-        long = pd.concat([base, ll], axis=1).melt(["task", "doc_id"], var_name="metric").dropna(subset=["value"])
-        parts.append(long)
-    frame = pd.concat(parts, ignore_index=True)
+def _add_examples(records: dict, label: dict, columns: dict[str, list]) -> None:
+    """Append one evaluation's per-example records to ``columns`` (a list per column of ``EXAMPLE_COLUMNS``)
+    as tidy rows: each metric over the examples, then each choice's log-likelihood (metric
+    ``loglik:<i>``) over the examples that have that choice. Plain lists: a sweep has thousands of
+    evaluations (one per MMLU subtask and pruning), too many for a data frame each."""
+    tasks, docs = records["task"], records["doc_id"]
+    found: list[tuple[str, int, str, float]] = []
+    for metric, values in records["metrics"].items():
+        found += [(task, doc, metric, value) for task, doc, value in zip(tasks, docs, values)]
+    logliks = records["loglik"] or []
+    for i in range(max((len(choices) for choices in logliks), default=0)):
+        found += [(task, doc, f"loglik:{i}", choices[i]) for task, doc, choices in zip(tasks, docs, logliks)
+                  if i < len(choices) and choices[i] is not None and not math.isnan(choices[i])]
     for name, value in label.items():
-        frame[name] = value
-    return frame
+        columns[name] += [value] * len(found)
+    for index, name in enumerate(("task", "doc_id", "metric", "value")):
+        columns[name] += [row[index] for row in found]
 
 
 def task_data_notes(tasks: list[str], online: bool) -> dict[str, str]:

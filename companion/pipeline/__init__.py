@@ -13,6 +13,7 @@ from companion.pipeline.run import (
     ensure_comparisons,
     ensure_examples,
     ensure_league,
+    ensure_results,
     ensure_scores,
     ensure_speed,
     ensure_sweep,
@@ -22,5 +23,5 @@ from companion.pipeline.run import (
 )
 
 __all__ = ["PROFILES", "Run", "RunConfig", "additions", "build_run", "comparisons_path", "ensure_comparisons",
-           "ensure_examples", "ensure_league", "ensure_scores", "ensure_speed", "ensure_sweep", "ensure_yardstick",
+           "ensure_examples", "ensure_league", "ensure_results", "ensure_scores", "ensure_speed", "ensure_sweep", "ensure_yardstick",
            "from_parameters", "model_runs", "resolve"]

@@ -400,6 +400,23 @@ def ensure_league(run: Run) -> pd.DataFrame:
         {c: float for c in ("rho", "ci_low", "ci_high")})
 
 
+def ensure_results(run: Run, progress: bool = True) -> None:
+    """Every result the figure notebooks read, computed or reused before the first of them runs, so that
+    one pass of the notebooks sees its final inputs (a notebook that ran before another one wrote a
+    result would run again): per model the scores and sweep of every calibration set and the
+    yardstick, the speed runs of the first model, then the comparisons and the league."""
+    for each in model_runs(run):
+        for calibration in each.calibrations:
+            ensure_sweep(each, calibration, progress=progress)
+        ensure_yardstick(each)
+        if each is run:
+            ensure_speed(run, ensure_scores(run))
+        else:
+            each.release()
+    ensure_comparisons(run)
+    ensure_league(run)
+
+
 # ---------------------------------------------------------------- what a run computes, before it starts
 
 def run_plan(run: Run, lengths, speed: bool = True) -> Any:
