@@ -108,7 +108,8 @@ class EvalSettings:
 
     @property
     def ppl_windows(self) -> int | None:
-        """The most perplexity windows evaluated: ``ppl_chunks`` where set, else ``limit`` (``None`` for all)."""
+        """How many perplexity windows are evaluated at most, ``ppl_chunks`` where set and else ``limit``
+        (``None`` for all)."""
         return self.ppl_chunks if self.ppl_chunks is not None else self.limit
 
     @property
