@@ -110,6 +110,11 @@ def pool_seeds(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.groupby(["task", "metric", "doc_id"])["value"].mean().reset_index()
 
 
+def pool_random(methods: pd.Series) -> pd.Series:
+    """Method names with every random drop set ``random:<seed>`` named ``random`` (their seeds pooled)."""
+    return methods.where(~methods.str.startswith(RANDOM_PREFIX), RANDOM)
+
+
 # ---------------------------------------------------------------- the table of comparisons
 
 def comparisons(examples: pd.DataFrame, pairs: Sequence[tuple[str, str]] | None = None, baselines: bool = True,
@@ -167,7 +172,7 @@ def dense_comparisons(examples: pd.DataFrame, confidence: float = 0.95, n_resamp
     interval give the retention with its interval, and whose perplexity ``diff`` is the drop set's
     held-out cost (the increase of NLL per token)."""
     rows = []
-    pooled = examples["method"].where(~examples["method"].str.startswith(RANDOM_PREFIX), RANDOM)
+    pooled = pool_random(examples["method"])
     for (model, calibration, granularity), group in examples.groupby(["model", "calibration", "granularity"]):
         dense = group[group["K"] == 0]
         dense = dense[dense["method"] == dense["method"].iloc[0]] if len(dense) else dense

@@ -68,12 +68,15 @@ def _styled(function):
     return wrapper
 
 
+INLINE_DPI = 80  # the notebooks' (and book's) copies: about a page wide, and small in git; save_figure writes 150
+
+
 class _NotebookFigure(Figure):
     """A matplotlib figure that shows itself as a PNG in Jupyter, whatever the matplotlib backend."""
 
     def _repr_png_(self) -> bytes:
         buffer = io.BytesIO()
-        self.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+        self.savefig(buffer, format="png", dpi=INLINE_DPI, bbox_inches="tight", metadata={"Software": None})
         return buffer.getvalue()
 
 

@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from companion.analysis.comparisons import chance_accuracy, chance_retention
+from companion.analysis.comparisons import chance_accuracy, chance_retention, pool_random
 from companion.errors import CompanionError
 from companion.method.orders import DropOrder, compression_stage, drop_order
-from companion.names import GRANULARITIES, PERPLEXITY_TASK, RANDOM, RANDOM_PREFIX, in_mean_accuracy, primary_metric
+from companion.names import GRANULARITIES, PERPLEXITY_TASK, RANDOM_PREFIX, in_mean_accuracy, primary_metric
 
 # ---------------------------------------------------------------- entropy profiles
 
@@ -441,7 +441,7 @@ def curve_points(examples: pd.DataFrame, tasks: Sequence[str], metric: str = "pr
         rows = rows[rows["metric"] == metric]
     if rows.empty:
         raise CompanionError(f"no per-example '{metric}' values for the tasks {', '.join(tasks)}")
-    rows = rows.assign(method=rows["method"].where(~rows["method"].str.startswith(RANDOM_PREFIX), RANDOM))
+    rows = rows.assign(method=pool_random(rows["method"]))
     rows = rows.groupby([*KEYS, "task", "doc_id"], sort=True)["value"].mean().reset_index()  # one value per example
     per_task = rows.groupby([*KEYS, "task"], sort=True)["value"].agg(["mean", "var", "count"]).reset_index()
     per_task["se2"] = per_task["var"].fillna(0.0) / per_task["count"]
